@@ -1,0 +1,1 @@
+"""GNAQ model code: LightGCN propagation and node-aware embedding quantizers."""

@@ -1,0 +1,51 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation over the normalised user-item graph."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.quantizers import EmbeddingQuantizer
+
+
+class LightGCN(nn.Module):
+    """Ego embeddings for every user and item, propagated ``layers`` times and averaged.
+
+    Node ``v``'s final embedding is ``z_v = 1/(L+1) * sum_k (A^k E)_v`` with ``A`` the symmetric
+    normalised adjacency. Users come first in every node-indexed tensor, then items. With a
+    ``quantizer`` attached, ``forward`` returns the fake-quantized ``z`` that the served codes decode to.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.layers = n_users, n_items, dim, layers
+        self.embedding = nn.Embedding(n_users + n_items, dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.quantizer: EmbeddingQuantizer | None = None
+
+    def propagate(self, adjacency: Tensor, x: Tensor | None = None) -> Tensor:
+        """Layer mean of ``x`` (default: the ego embeddings) propagated over ``adjacency``."""
+        h = self.embedding.weight if x is None else x
+        total = h
+        for _ in range(self.layers):
+            h = torch.sparse.mm(adjacency, h)
+            total = total + h
+        return total / (self.layers + 1)
+
+    def forward(self, adjacency: Tensor) -> Tensor:
+        """Final node embeddings ``(n_users + n_items, dim)``: what is scored by inner product."""
+        final = self.propagate(adjacency)
+        return final if self.quantizer is None else self.quantizer(final)
+
+    def bpr_loss(self, final: Tensor, users: Tensor, pos: Tensor, neg: Tensor,
+                 l2: float) -> tuple[Tensor, Tensor]:
+        """BPR loss on final embeddings plus L2 on the batch's ego embeddings (LightGCN's recipe).
+
+        ``pos``/``neg`` are item indices (not offset by ``n_users``). Returns ``(bpr, reg)``.
+        """
+        items = pos + self.n_users, neg + self.n_users
+        u, p, n = final[users], final[items[0]], final[items[1]]
+        bpr = nn.functional.softplus((u * n).sum(1) - (u * p).sum(1)).mean()
+        ego = self.embedding.weight
+        reg = (ego[users].pow(2).sum() + ego[items[0]].pow(2).sum() + ego[items[1]].pow(2).sum())
+        return bpr, l2 * reg / (2 * len(users))

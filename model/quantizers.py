@@ -1,0 +1,235 @@
+"""Embedding quantizers: what turns final float node embeddings into b-bit codes.
+
+Every quantizer maps the ``(n_users + n_items, d)`` final embeddings to per-node (or per-table)
+``scale`` and ``offset`` and uniform codes ``q in {0..2^b-1}``: ``x_hat = offset + scale * q``.
+``forward`` is the differentiable fake-quantization used in training; ``node_parameters`` is the one
+place a quantizer decides its parameters, so new baselines (LSQ, N2UQ, BiGeaR) plug into the same
+training loop by overriding it (and, if needed, ``round``). See docs/method.md for the formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+# Step of the MSE-optimal uniform quantizer of a unit Gaussian with 2^b levels (Max, 1960).
+GAUSSIAN_STEP = {1: 1.596, 2: 0.9957, 3: 0.5860, 4: 0.3352, 5: 0.1881, 6: 0.1041, 7: 0.0569, 8: 0.0308}
+
+_MIN_SCALE = 1e-4  # float16 keeps ~3 significant digits from here on; avoids a zero step
+
+
+class QuantizedCodes(NamedTuple):
+    """What ``encode`` returns for all nodes: codes, float16 parameters, optional dimension scale."""
+
+    codes: Tensor
+    scale: Tensor
+    offset: Tensor
+    dim_scale: Tensor | None
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    return bits
+
+
+class _StraightThroughRound(torch.autograd.Function):
+    """round() whose backward is the identity (the plain STE)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor) -> Tensor:  # noqa: D102
+        return torch.round(u)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return grad
+
+
+class _GraphRelationAwareRound(torch.autograd.Function):
+    """round() whose backward adds a graph-weighted pull towards the quantization grid.
+
+    ``grad_u = grad + eta * w_v * rms_v(grad) * (u - round(u))``: the STE gradient plus the gradient
+    of node v's rounding error, weighted by how much v's error reaches other nodes (``w_v``, its
+    column mass in the normalised adjacency) and scaled to the node's own gradient magnitude.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, influence: Tensor, eta: float) -> Tensor:  # noqa: D102
+        rounded = torch.round(u)
+        ctx.save_for_backward(u - rounded, influence)
+        ctx.eta = eta
+        return rounded
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+        residual, influence = ctx.saved_tensors
+        rms = grad.pow(2).mean(dim=1, keepdim=True).sqrt()
+        return grad + ctx.eta * influence * rms * residual, None, None
+
+
+def _per_table(values: Tensor, n_users: int, reduce) -> Tensor:
+    """Apply ``reduce`` to the user rows and to the item rows separately; broadcast back per row."""
+    users, items = reduce(values[:n_users]), reduce(values[n_users:])
+    return torch.cat([users.expand(n_users, 1), items.expand(len(values) - n_users, 1)])
+
+
+class EmbeddingQuantizer(nn.Module):
+    """Base class: uniform b-bit fake quantization with parameters chosen by a subclass."""
+
+    per_node: bool = True
+
+    def __init__(self, bits: int, n_users: int) -> None:
+        super().__init__()
+        self.bits = _check_bits(bits)
+        self.n_users = n_users
+        # Optional shared per-dimension scale g: codes quantize z / g and decode to g * x_hat.
+        self.register_buffer("dim_scale", None)
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits - 1
+
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(scale, offset)``, each ``(N, 1)``, for final embeddings ``z``."""
+        raise NotImplementedError
+
+    def round(self, u: Tensor) -> Tensor:
+        """Rounding used in training; the default gradient estimator is the plain STE."""
+        return _StraightThroughRound.apply(u)
+
+    def _stored_dim_scale(self) -> Tensor | None:
+        return None if self.dim_scale is None else self.dim_scale.to(torch.float16).float()
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Differentiable fake-quantized ``z``: the values the served codes decode to."""
+        g = self._stored_dim_scale()
+        z = z if g is None else z / g
+        scale, offset = self.node_parameters(z)
+        codes = torch.clamp(self.round((z - offset) / scale), 0, self.levels)
+        decoded = offset + scale * codes
+        return decoded if g is None else decoded * g
+
+    @torch.no_grad()
+    def encode(self, z: Tensor) -> QuantizedCodes:
+        """Hard codes with float16 parameters, exactly as they are stored and served.
+
+        Codes are computed against the float16-rounded parameters, so decoding the stored artifact
+        reproduces exactly what evaluation scores. Per-table quantizers return ``(2,)`` parameters
+        (users, items); per-node ones ``(N,)``.
+        """
+        g = self._stored_dim_scale()
+        z = z if g is None else z / g
+        scale, offset = self.node_parameters(z)
+        scale16 = scale.clamp_min(_MIN_SCALE).to(torch.float16)
+        offset16 = offset.to(torch.float16)
+        u = (z - offset16.float()) / scale16.float()
+        codes = torch.clamp(torch.round(u), 0, self.levels).to(torch.uint8)
+        if not self.per_node:
+            scale16, offset16 = scale16[[0, self.n_users]], offset16[[0, self.n_users]]
+        return QuantizedCodes(codes, scale16.squeeze(1), offset16.squeeze(1),
+                              None if g is None else g.to(torch.float16))
+
+
+class UniformQuantizer(EmbeddingQuantizer):
+    """Min-max uniform quantization, per node or per table: the post-training (PTQ) baseline."""
+
+    def __init__(self, bits: int, n_users: int, *, per_node: bool) -> None:
+        super().__init__(bits, n_users)
+        self.per_node = per_node
+
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+        if self.per_node:
+            low, high = z.min(dim=1, keepdim=True).values, z.max(dim=1, keepdim=True).values
+        else:
+            low = _per_table(z, self.n_users, lambda t: t.min().view(1, 1))
+            high = _per_table(z, self.n_users, lambda t: t.max().view(1, 1))
+        return ((high - low) / self.levels).clamp_min(_MIN_SCALE), low
+
+
+class GNAQQuantizer(EmbeddingQuantizer):
+    """Node-aware dynamic quantization (GNAQ) with switchable parts for ablations.
+
+    ``node_aware`` (a): per-node parameters from the node's own mean/std, else one per table.
+    ``dynamic`` (b): parameters follow the current embeddings and learnable corrections refined by
+    message passing (layer mean of ``P^k theta`` over the row-normalised graph ``P``); else they are
+    fixed at initialisation from the warm-start embeddings.
+    ``estimator`` (c): ``"graph"`` (graph relation-aware, see ``_GraphRelationAwareRound``) or ``"ste"``.
+    """
+
+    def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
+                 layers: int, node_aware: bool = True, dynamic: bool = True,
+                 estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
+                 clip: float = 0.8) -> None:
+        super().__init__(bits, n_users)
+        if estimator not in ("graph", "ste"):
+            raise ValueError(f"estimator must be 'graph' or 'ste', got {estimator!r}")
+        n_nodes = mean_adjacency.shape[0]
+        self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
+        self.layers, self.eta, self.equalize, self.clip = layers, eta, equalize, clip
+        self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
+        self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
+        # theta = (rho, delta): log-multiplier of the step and shift of the centre, in node std units.
+        self.theta = nn.Parameter(torch.zeros(n_nodes if node_aware else 2, 2), requires_grad=dynamic)
+        self.register_buffer("fixed_scale", torch.ones(n_nodes, 1))
+        self.register_buffer("fixed_offset", torch.zeros(n_nodes, 1))
+
+    def _statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of each node's own values (or of its whole table)."""
+        if self.per_node:
+            return z.mean(dim=1, keepdim=True), z.std(dim=1, unbiased=False, keepdim=True)
+        mean = _per_table(z, self.n_users, lambda t: t.mean().view(1, 1))
+        std = _per_table(z, self.n_users, lambda t: t.std(unbiased=False).view(1, 1))
+        return mean, std
+
+    def _refined_theta(self, n_nodes: int) -> Tensor:
+        """Per-node ``theta`` after message passing: ``1/(L+1) sum_k P^k theta``."""
+        if not self.per_node:
+            users, items = self.theta[:1], self.theta[1:]
+            return torch.cat([users.expand(self.n_users, 2), items.expand(n_nodes - self.n_users, 2)])
+        h, total = self.theta, self.theta
+        for _ in range(self.layers):
+            h = torch.sparse.mm(self.mean_adjacency, h)
+            total = total + h
+        return total / (self.layers + 1)
+
+    def _initial_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        mean, std = self._statistics(z)
+        scale = self.clip * GAUSSIAN_STEP[self.bits] * std.clamp_min(1e-8)
+        return scale, mean - scale * self.levels / 2
+
+    @torch.no_grad()
+    def initialize(self, z: Tensor) -> None:
+        """Start from the node's own value distribution of the warm-start embeddings ``z``."""
+        self.theta.zero_()
+        if self.equalize:
+            self.dim_scale = z.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
+            z = z / self._stored_dim_scale()
+        scale, offset = self._initial_parameters(z)
+        self.fixed_scale.copy_(scale)
+        self.fixed_offset.copy_(offset)
+
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+        if not self.dynamic:
+            return self.fixed_scale, self.fixed_offset
+        mean, std = self._statistics(z)
+        std = std.clamp_min(1e-8)
+        theta = self._refined_theta(len(z))
+        scale = self.clip * GAUSSIAN_STEP[self.bits] * std * torch.exp(theta[:, :1])
+        offset = mean + std * theta[:, 1:] - scale * self.levels / 2
+        return scale, offset
+
+    def round(self, u: Tensor) -> Tensor:  # noqa: D102
+        if self.estimator == "ste":
+            return super().round(u)
+        return _GraphRelationAwareRound.apply(u, self.influence, self.eta)
+
+
+def graph_influence(adjacency: Tensor) -> Tensor:
+    """``w_v``: node v's mass in the symmetric normalised adjacency (row = column), scaled to mean 1."""
+    mass = torch.sparse.mm(adjacency, torch.ones(adjacency.shape[0], 1, device=adjacency.device))
+    return (mass / mass.mean().clamp_min(math.ulp(1.0))).squeeze(1)

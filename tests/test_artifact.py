@@ -1,0 +1,338 @@
+"""Artifacts must round-trip exactly, publish atomically and refuse anything damaged."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import training.artifact as artifact_module
+from model.quantized_table import QuantizedTable
+from training.artifact import (
+    FORMAT_VERSION,
+    ArtifactError,
+    ModelArtifact,
+    list_versions,
+    read_artifact,
+    resolve_version,
+    write_artifact,
+)
+
+
+def _table(rng: np.random.Generator, n: int, dim: int, bits: int, *, per_node: bool = True) -> QuantizedTable:
+    n_params = n if per_node else 1
+    return QuantizedTable(codes=rng.integers(0, 2**bits, size=(n, dim), dtype=np.uint8),
+                          scale=rng.uniform(0.01, 0.5, n_params).astype(np.float16),
+                          offset=rng.normal(size=n_params).astype(np.float16), bits=bits)
+
+
+def _pairs(rng: np.random.Generator, n_users: int, n_items: int, n: int) -> np.ndarray:
+    return np.stack([rng.integers(0, n_users, n), rng.integers(0, n_items, n)], axis=1).astype(np.int64)
+
+
+def _artifact(n_users: int = 7, n_items: int = 11, dim: int = 5, bits: int = 3, *,
+              quantized: bool = True, arrays: dict[str, np.ndarray] | None = None) -> ModelArtifact:
+    rng = np.random.default_rng(0)
+    if quantized:
+        user: QuantizedTable | np.ndarray = _table(rng, n_users, dim, bits)
+        item: QuantizedTable | np.ndarray = _table(rng, n_items, dim, bits, per_node=False)
+    else:
+        user = rng.normal(size=(n_users, dim)).astype(np.float32)
+        item = rng.normal(size=(n_items, dim)).astype(np.float32)
+    manifest = {"method": "gnaq" if quantized else "lightgcn", "bits": bits, "dim": dim,
+                "dataset": {"name": "toy", "n_users": n_users, "n_items": n_items},
+                "metrics": {"recall@20": np.float32(0.25)}, "seed": 0}
+    return ModelArtifact(manifest=manifest, user=user, item=item,
+                         user_ids=[f"u{i}" for i in range(n_users)],
+                         item_ids=[f"i{i}" for i in range(n_items)],
+                         train_pairs=_pairs(rng, n_users, n_items, 30),
+                         arrays={"item_degree": np.arange(n_items, dtype=np.int32)} if arrays is None
+                         else arrays)
+
+
+def _sorted_pairs(pairs: np.ndarray) -> np.ndarray:
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _assert_same_table(a: QuantizedTable | np.ndarray, b: QuantizedTable | np.ndarray) -> None:
+    if isinstance(a, QuantizedTable):
+        assert isinstance(b, QuantizedTable)
+        assert a.bits == b.bits
+        np.testing.assert_array_equal(a.codes, b.codes)
+        np.testing.assert_array_equal(a.scale, b.scale)
+        np.testing.assert_array_equal(a.offset, b.offset)
+        assert a.scale.dtype == b.scale.dtype == np.float16
+        np.testing.assert_array_equal(a.dequantize(), b.dequantize())
+    else:
+        assert isinstance(b, np.ndarray)
+        assert b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_round_trip(tmp_path: Path, quantized: bool) -> None:
+    original = _artifact(quantized=quantized)
+    version_dir = write_artifact(tmp_path, original, extra_files={"history.json": b"[]"})
+    loaded = read_artifact(version_dir)
+
+    _assert_same_table(original.user, loaded.user)
+    _assert_same_table(original.item, loaded.item)
+    assert loaded.user_ids == original.user_ids
+    assert loaded.item_ids == original.item_ids
+    assert loaded.train_pairs.dtype == np.int64
+    np.testing.assert_array_equal(loaded.train_pairs, _sorted_pairs(original.train_pairs))
+    assert set(loaded.arrays) == {"item_degree"}
+    np.testing.assert_array_equal(loaded.arrays["item_degree"], original.arrays["item_degree"])
+    assert loaded.arrays["item_degree"].dtype == np.int32
+
+    manifest = loaded.manifest
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["version"] == version_dir.name
+    assert manifest["method"] == original.manifest["method"]
+    assert manifest["metrics"]["recall@20"] == pytest.approx(0.25)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["created_at"])
+    on_disk = {p.name for p in version_dir.iterdir()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    assert "history.json" in on_disk
+    expected = {"user_codes.bin", "user_params.npy"} if quantized else {"user_embeddings.npy"}
+    assert expected <= on_disk
+    total = sum(p.stat().st_size for p in version_dir.iterdir())
+    assert manifest["sizes"]["artifact_bytes"] == total
+
+
+def test_quantized_sizes_and_param_layout(tmp_path: Path) -> None:
+    original = _artifact(bits=3)
+    version_dir = write_artifact(tmp_path, original)
+    params = np.load(version_dir / "user_params.npy")
+    assert params.dtype == np.float16
+    assert params.shape == (7, 2)
+    assert np.load(version_dir / "item_params.npy").shape == (1, 2)
+    assert (version_dir / "user_codes.bin").stat().st_size == -(-7 * 5 * 3 // 8)
+    sizes = read_artifact(version_dir).manifest["sizes"]
+    assert sizes["embedding_bytes"] == original.user.nbytes_packed + original.item.nbytes_packed
+    assert sizes["fp32_embedding_bytes"] == (7 + 11) * 5 * 4
+    assert sizes["compression_ratio"] == pytest.approx(sizes["fp32_embedding_bytes"] / sizes["embedding_bytes"])
+
+
+def test_compression_ratio_two_bits_per_node(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    n_users, n_items, dim = 1000, 1625, 64  # N = 2625 nodes
+    artifact = ModelArtifact(manifest={}, user=_table(rng, n_users, dim, 2), item=_table(rng, n_items, dim, 2),
+                             user_ids=[str(i) for i in range(n_users)], item_ids=[str(i) for i in range(n_items)],
+                             train_pairs=_pairs(rng, n_users, n_items, 100))
+    sizes = read_artifact(write_artifact(tmp_path, artifact)).manifest["sizes"]
+    assert sizes["embedding_bytes"] == 2625 * 64 * 2 // 8 + 2625 * 4
+    assert sizes["compression_ratio"] >= 10
+
+
+def test_train_interactions_use_small_dtypes(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    with np.load(version_dir / "train_interactions.npz") as csr:
+        assert csr["indptr"].dtype == np.uint8
+        assert csr["indices"].dtype == np.uint8
+        assert csr["indptr"].shape == (8,)
+
+
+def test_publish_current_and_no_publish(tmp_path: Path) -> None:
+    first = write_artifact(tmp_path, _artifact(), version="v1")
+    assert (tmp_path / "CURRENT").read_text().strip() == "v1"
+    assert resolve_version(tmp_path) == first
+    second = write_artifact(tmp_path, _artifact(), version="v2", publish=False)
+    assert resolve_version(tmp_path) == first
+    assert read_artifact(tmp_path).manifest["version"] == "v1"
+    assert read_artifact(second).manifest["version"] == "v2"
+    write_artifact(tmp_path, _artifact(), version="v3")
+    assert read_artifact(tmp_path).manifest["version"] == "v3"
+    assert list_versions(tmp_path) == ["v1", "v2", "v3"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_no_current_is_an_error(tmp_path: Path) -> None:
+    write_artifact(tmp_path, _artifact(), publish=False)
+    with pytest.raises(ArtifactError, match="CURRENT"):
+        read_artifact(tmp_path)
+    with pytest.raises(ArtifactError, match="CURRENT"):
+        resolve_version(tmp_path)
+
+
+def test_default_versions_are_distinct_timestamps(tmp_path: Path) -> None:
+    a = write_artifact(tmp_path, _artifact())
+    b = write_artifact(tmp_path, _artifact())
+    assert a != b
+    assert re.fullmatch(r"\d{8}T\d{6}Z(-[0-9a-f]+)?", a.name)
+    assert re.fullmatch(r"\d{8}T\d{6}Z(-[0-9a-f]+)?", b.name)
+    assert sorted(list_versions(tmp_path)) == sorted([a.name, b.name])
+    assert resolve_version(tmp_path) == b
+
+
+def test_refuses_to_overwrite_a_version(tmp_path: Path) -> None:
+    write_artifact(tmp_path, _artifact(), version="v1")
+    with pytest.raises(ArtifactError, match="already exists"):
+        write_artifact(tmp_path, _artifact(), version="v1")
+    assert list_versions(tmp_path) == ["v1"]
+
+
+def test_list_versions_ignores_temporaries(tmp_path: Path) -> None:
+    write_artifact(tmp_path, _artifact(), version="v1")
+    (tmp_path / ".tmp-v2-dead").mkdir()
+    assert list_versions(tmp_path) == ["v1"]
+    assert list_versions(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("name", ["user_codes.bin", "ids.json", "train_interactions.npz", "item_degree.npy"])
+def test_tampered_byte_names_the_file(tmp_path: Path, name: str) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    path = version_dir / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=re.escape(name)):
+        read_artifact(tmp_path)
+
+
+def test_truncated_file_names_the_file(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    path = version_dir / "item_params.npy"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ArtifactError, match="item_params.npy.*truncated"):
+        read_artifact(version_dir)
+
+
+def test_deleted_file_names_the_file(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    (version_dir / "user_params.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"user_params\.npy.*missing"):
+        read_artifact(version_dir)
+
+
+def test_file_dropped_from_manifest_is_detected(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    manifest_path = version_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]["item_codes.bin"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"item_codes\.bin"):
+        read_artifact(version_dir)
+
+
+def test_truncated_manifest(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    path = version_dir / "manifest.json"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ArtifactError, match=r"manifest\.json.*corrupt or truncated"):
+        read_artifact(tmp_path)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    (version_dir / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match=r"manifest\.json"):
+        read_artifact(version_dir)
+
+
+def test_unknown_format_version(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, _artifact())
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="unknown format version 2"):
+        read_artifact(version_dir)
+
+
+def _assert_nothing_left(model_dir: Path) -> None:
+    assert list_versions(model_dir) == []
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert not (model_dir / "CURRENT").exists()
+
+
+def test_unsaveable_array_leaves_nothing(tmp_path: Path) -> None:
+    bad = _artifact(arrays={"ok": np.zeros(3), "bad": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError, match="pickle"):
+        write_artifact(tmp_path, bad)
+    _assert_nothing_left(tmp_path)
+
+
+def test_failure_while_writing_files_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = artifact_module._write_file
+    calls = []
+
+    def failing_write(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_write(path, data)
+
+    monkeypatch.setattr(artifact_module, "_write_file", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_artifact(tmp_path, _artifact())
+    _assert_nothing_left(tmp_path)
+
+
+def test_failure_at_rename_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_rename(src: object, dst: object) -> None:
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(artifact_module.os, "rename", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        write_artifact(tmp_path, _artifact())
+    _assert_nothing_left(tmp_path)
+
+
+def test_unserialisable_manifest_leaves_nothing(tmp_path: Path) -> None:
+    original = _artifact()
+    bad = ModelArtifact(manifest={"config": object()}, user=original.user, item=original.item,
+                        user_ids=original.user_ids, item_ids=original.item_ids,
+                        train_pairs=original.train_pairs)
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        write_artifact(tmp_path, bad)
+    _assert_nothing_left(tmp_path)
+
+
+def test_invalid_artifacts_are_rejected_before_writing(tmp_path: Path) -> None:
+    original = _artifact()
+    with pytest.raises(ValueError, match="ids"):
+        ModelArtifact(manifest={}, user=original.user, item=original.item, user_ids=original.user_ids[:-1],
+                      item_ids=original.item_ids, train_pairs=original.train_pairs)
+    with pytest.raises(ValueError, match="item indices"):
+        ModelArtifact(manifest={}, user=original.user, item=original.item, user_ids=original.user_ids,
+                      item_ids=original.item_ids, train_pairs=np.array([[0, 11]]))
+    with pytest.raises(TypeError, match="float32"):
+        ModelArtifact(manifest={}, user=np.zeros((7, 5)), item=original.item, user_ids=original.user_ids,
+                      item_ids=original.item_ids, train_pairs=original.train_pairs)
+    with pytest.raises(ValueError, match="reserved"):
+        _artifact(arrays={"user_params": np.zeros(2)})
+    with pytest.raises(ArtifactError, match="extra file"):
+        write_artifact(tmp_path, original, extra_files={"ids.json": b"{}"})
+    with pytest.raises(ArtifactError, match="invalid version"):
+        write_artifact(tmp_path, original, version="../escape")
+    _assert_nothing_left(tmp_path)
+
+
+def test_quantized_table_validation() -> None:
+    codes = np.zeros((3, 4), dtype=np.uint8)
+    scale = np.ones(3, dtype=np.float16)
+    with pytest.raises(ValueError, match="max value 4"):
+        QuantizedTable(codes=codes + 4, scale=scale, offset=scale, bits=2)
+    with pytest.raises(TypeError, match="float16"):
+        QuantizedTable(codes=codes, scale=scale.astype(np.float32), offset=scale, bits=2)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        QuantizedTable(codes=codes, scale=np.ones(2, dtype=np.float16), offset=scale, bits=2)
+    with pytest.raises(ValueError, match="bits"):
+        QuantizedTable(codes=codes, scale=scale, offset=scale, bits=9)
+
+
+def test_dequantize_matches_formula_and_rows() -> None:
+    table = _table(np.random.default_rng(3), 6, 4, 3)
+    full = table.dequantize()
+    assert full.dtype == np.float32
+    expected = table.offset.astype(np.float32)[:, None] + table.scale.astype(np.float32)[:, None] \
+        * table.codes.astype(np.float32)
+    np.testing.assert_array_equal(full, expected)
+    rows = np.array([4, 1])
+    np.testing.assert_array_equal(table.dequantize(rows), full[rows])
+    shared = _table(np.random.default_rng(3), 6, 4, 3, per_node=False)
+    np.testing.assert_array_equal(shared.dequantize(rows), shared.dequantize()[rows])

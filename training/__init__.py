@@ -1,0 +1,1 @@
+"""GNAQ training job: data loading, splits, training loop, evaluation and artifact export."""

@@ -1,0 +1,117 @@
+"""``gnaq`` command line: train, evaluate an artifact, dataset statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from training.config import TrainConfig, read_config_file
+
+_HELP = {
+    "dataset": "ml-100k (embedded default), gowalla, movielens1m, lastfm, or a path",
+    "method": "fp32 LightGCN, post-training uniform quantization (ptq) or GNAQ",
+    "node_aware": "GNAQ (a): per-node parameters (--no-node-aware: one per table)",
+    "dynamic": "GNAQ (b): parameters refined by message passing and learned (--no-dynamic: fixed)",
+    "estimator": "GNAQ (c): graph relation-aware gradient estimator or the plain STE",
+    "model_dir": "where versions are written (default: $GNAQ_MODEL_DIR, else ./models)",
+    "publish": "point <model dir>/CURRENT at the new version",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field; unset flags leave the config file's value alone."""
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict = {"default": argparse.SUPPRESS, "dest": name,
+                        "help": _HELP.get(name, field.description or "") + f" (default: {field.get_default(call_default_factory=True)})"}
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(annotation), **kwargs)
+        elif annotation == list[int]:
+            parser.add_argument(flag, type=int, nargs="+", **kwargs)
+        else:
+            scalar = next((t for t in (int, float) if annotation is t), str)
+            parser.add_argument(flag, type=scalar, **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gnaq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model and export a versioned artifact")
+    train.add_argument("--config", type=Path, help="TOML or JSON file of settings (flags override it)")
+    _add_config_flags(train)
+    evaluate = commands.add_parser("evaluate", help="recompute an artifact's test metrics")
+    evaluate.add_argument("artifact", type=Path, help="a version directory, or a model dir (uses CURRENT)")
+    evaluate.add_argument("--dataset", help="dataset name or path (default: the one in the manifest)")
+    evaluate.add_argument("--data-dir", help="directory of the named datasets (default: $GNAQ_DATA_DIR)")
+    evaluate.add_argument("--device", default="cpu")
+    data = commands.add_parser("data", help="dataset utilities")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    stats = data_commands.add_parser("stats", help="users, items, interactions, density")
+    stats.add_argument("dataset")
+    stats.add_argument("--data-dir")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.pipeline import run_training
+
+    settings = read_config_file(args.config) if args.config else {}
+    settings.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
+    config = TrainConfig(**settings)
+    result = run_training(config)
+    manifest = result.manifest
+    sizes = manifest["sizes"]
+    print(f"artifact: {result.path}" + ("" if config.publish else " (not published)"))
+    print(f"method {manifest['method']}" + (f", {manifest['bits']} bits" if manifest["bits"] else "")
+          + f", d={manifest['dim']}, L={manifest['layers']}, dataset {manifest['dataset']['name']} "
+          f"({manifest['dataset']['split']}), seed {manifest['seed']}")
+    print("test:  " + "  ".join(f"{k} {v:.4f}" for k, v in manifest["metrics"]["test"].items()))
+    print(f"size:  embeddings {sizes['embedding_bytes']:,} B vs fp32 table {sizes['fp32_embedding_bytes']:,} B "
+          f"= {sizes['compression_ratio']:.1f}x smaller; whole artifact {sizes['artifact_bytes']:,} B")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.artifact import read_artifact
+    from training.pipeline import evaluate_artifact
+
+    recorded = read_artifact(args.artifact).manifest["metrics"]["test"]
+    metrics = evaluate_artifact(args.artifact, args.dataset, args.data_dir, args.device)
+    for name, value in metrics.items():
+        print(f"{name:10s} {value:.6f}  (recorded {recorded.get(name, float('nan')):.6f})")
+    return 0 if all(abs(v - recorded.get(k, float("inf"))) < 1e-6 for k, v in metrics.items()) else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from training.datasets import dataset_stats, load_dataset
+
+    print(json.dumps(dataset_stats(load_dataset(args.dataset, data_dir=args.data_dir)), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gnaq`` console script; errors become one clear line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    handler = {"train": _train, "evaluate": _evaluate, "data": _stats}[args.command]
+    try:
+        return handler(args)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        print(f"gnaq: error: invalid settings: {problems}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"gnaq: error: {error}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The training job end to end: data -> fp32 warm start -> fp32 / PTQ / GNAQ -> test once -> artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from model.graph import mean_adjacency, node_degrees, normalized_adjacency
+from model.lightgcn import LightGCN
+from model.quantized_table import QuantizedTable
+from model.quantizers import GNAQQuantizer, UniformQuantizer, graph_influence
+from training.artifact import ModelArtifact, read_artifact, write_artifact
+from training.config import TrainConfig
+from training.datasets import load_dataset
+from training.evaluate import evaluate_ranking, pairs_to_csr
+from training.interactions import Interactions
+from training.plots import training_curve_png
+from training.sampling import NegativeSampler
+from training.splits import validation_split
+from training.trainer import EpochRecord, FitSettings, fit
+
+log = logging.getLogger(__name__)
+Table = QuantizedTable | np.ndarray
+
+
+@dataclass
+class Workspace:
+    """The data of one run and the graph built from its fit split (train minus validation)."""
+
+    config: TrainConfig
+    data: Interactions
+    fit_pairs: np.ndarray
+    valid_pairs: np.ndarray
+    adjacency: torch.Tensor
+    device: torch.device
+
+    def csr(self, pairs: np.ndarray) -> sp.csr_matrix:
+        return pairs_to_csr(pairs, self.data.n_users, self.data.n_items)
+
+
+@dataclass
+class TrainResult:
+    """What ``gnaq train`` produced: the version directory and its manifest."""
+
+    path: Path
+    manifest: dict
+
+
+def prepare(config: TrainConfig) -> Workspace:
+    """Load the dataset, carve the validation split and build the propagation graph."""
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split,
+                        test_fraction=config.test_fraction, seed=config.seed)
+    fit_pairs, valid_pairs = validation_split(data.train, fraction=config.valid_fraction, seed=config.seed)
+    device = torch.device(config.device)
+    adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
+    return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)
+
+
+def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Table]:
+    """The user and item tables exactly as the artifact stores them (codes or float32)."""
+    with torch.no_grad():
+        final = model.propagate(adjacency)
+        n_users = model.n_users
+        if model.quantizer is None:
+            vectors = final.cpu().numpy().astype(np.float32)
+            return vectors[:n_users], vectors[n_users:]
+        encoded = model.quantizer.encode(final)
+    codes = encoded.codes.cpu().numpy()
+    scale, offset = encoded.scale.cpu().numpy(), encoded.offset.cpu().numpy()
+    dim_scale = None if encoded.dim_scale is None else encoded.dim_scale.cpu().numpy()
+    per_node = len(scale) == len(codes)
+    rows = (slice(0, n_users), slice(n_users, None)) if per_node else (slice(0, 1), slice(1, 2))
+    return tuple(QuantizedTable(codes[side], scale[r], offset[r], model.quantizer.bits, dim_scale)
+                 for side, r in zip((slice(0, n_users), slice(n_users, None)), rows, strict=True))
+
+
+def table_vectors(table: Table) -> np.ndarray:
+    """Float32 vectors the service scores: the table itself, or its decoded codes."""
+    return table if isinstance(table, np.ndarray) else table.dequantize()
+
+
+def rank_tables(user: Table, item: Table, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+                ks: list[int], device: torch.device) -> dict[str, float]:
+    """Full-ranking metrics of the served vectors."""
+    vectors = (torch.from_numpy(table_vectors(t)).to(device) for t in (user, item))
+    return evaluate_ranking(*vectors, exclude, relevant, ks)
+
+
+def _validator(ws: Workspace, model: LightGCN):
+    exclude, relevant = ws.csr(ws.fit_pairs), ws.csr(ws.valid_pairs)
+    return lambda: rank_tables(*served_tables(model, ws.adjacency), exclude, relevant,
+                               ws.config.ks, ws.device)
+
+
+def _settings(config: TrainConfig, *, epochs: int, lr: float, patience: int) -> FitSettings:
+    return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
+                       patience=patience, eval_every=config.eval_every, metric=config.selection_metric)
+
+
+def _fp32_cache_path(ws: Workspace) -> Path:
+    """Cache key: everything the fp32 stage depends on, so GNAQ/PTQ runs can share one warm start."""
+    c = ws.config
+    key = json.dumps([ws.data.fingerprint(), c.valid_fraction, c.seed, c.dim, c.layers, c.epochs, c.lr,
+                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return c.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
+
+
+def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
+    """The fp32 LightGCN (also GNAQ's warm start), reused from the cache when already trained."""
+    c, data = ws.config, ws.data
+    model = LightGCN(data.n_users, data.n_items, c.dim, c.layers).to(ws.device)
+    cache = _fp32_cache_path(ws)
+    if cache.exists():
+        saved = torch.load(cache, map_location=ws.device, weights_only=False)
+        model.load_state_dict(saved["state"])
+        log.info("reusing the fp32 warm start %s", cache)
+        return model, [EpochRecord(**r) for r in saved["history"]]
+    rng = np.random.default_rng(c.seed)
+    history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
+                  _validator(ws, model), _settings(c, epochs=c.epochs, lr=c.lr, patience=c.patience),
+                  stage="fp32", rng=rng, progress=c.progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"state": model.state_dict(), "history": [asdict(r) for r in history]}, buffer)
+    temporary = cache.with_suffix(f".tmp-{os.getpid()}")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, cache)
+    return model, history
+
+
+def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
+    """Attach the method's quantizer to the trained fp32 ``model`` (and run GNAQ's QAT stage)."""
+    c, data = ws.config, ws.data
+    if c.method == "ptq":
+        model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq_granularity == "node")
+        return []
+    quantizer = GNAQQuantizer(
+        c.bits, data.n_users, mean_adjacency=mean_adjacency(ws.fit_pairs, data.n_users, data.n_items,
+                                                            ws.device),
+        influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
+        dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
+    ).to(ws.device)
+    with torch.no_grad():
+        quantizer.initialize(model.propagate(ws.adjacency))
+    model.quantizer = quantizer
+    rng = np.random.default_rng(c.seed + 1)
+    return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
+               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, patience=c.patience),
+               stage=f"gnaq-{c.bits}bit", rng=rng, progress=c.progress)
+
+
+def _dataset_record(ws: Workspace) -> dict:
+    data = ws.data
+    return {"name": data.name, "fingerprint": data.fingerprint(), "n_users": data.n_users,
+            "n_items": data.n_items, "n_train": len(data.train), "n_test": len(data.test),
+            "split": data.split, "test_fraction": ws.config.test_fraction, "seed": ws.config.seed,
+            "valid_fraction": ws.config.valid_fraction, "n_fit": len(ws.fit_pairs),
+            "n_valid": len(ws.valid_pairs), "warnings": data.warnings}
+
+
+def _quantizer_record(model: LightGCN) -> dict | None:
+    q = model.quantizer
+    if q is None:
+        return None
+    record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node}
+    if isinstance(q, GNAQQuantizer):
+        record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
+                      clip=q.clip, layers=q.layers)
+    return record
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train, select on validation, test once, export the artifact (published unless told not to)."""
+    started = time.perf_counter()
+    ws = prepare(config)
+    model, history = train_full_precision(ws)
+    if config.method != "fp32":
+        history = history + quantize(ws, model)
+    user, item = served_tables(model, ws.adjacency)
+    valid = _validator(ws, model)()
+    test = rank_tables(user, item, ws.csr(ws.data.train), ws.csr(ws.data.test), config.ks, ws.device)
+    data = ws.data
+    degrees = node_degrees(ws.fit_pairs, data.n_users, data.n_items).astype(np.float32)
+    manifest = {
+        "method": config.method, "bits": None if config.method == "fp32" else config.bits,
+        "dim": config.dim, "layers": config.layers, "seed": config.seed,
+        "quantizer": _quantizer_record(model), "dataset": _dataset_record(ws),
+        "metrics": {"test": test, "valid": valid, "selection_metric": config.selection_metric},
+        "served": "final layer-mean embeddings, quantized" if model.quantizer else "final layer-mean embeddings, fp32",
+        "training": {"epochs": {r.stage: r.epoch for r in history}, "seconds": time.perf_counter() - started,
+                     "device": str(ws.device), "torch": torch.__version__},
+        "config": config.model_dump(),
+    }
+    history_json = json.dumps([asdict(r) for r in history], indent=1).encode()
+    artifact = ModelArtifact(manifest=manifest, user=user, item=item, user_ids=data.user_ids,
+                             item_ids=data.item_ids, train_pairs=data.train,
+                             arrays={"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:]})
+    path = write_artifact(config.resolved_model_dir(), artifact, version=config.version,
+                          publish=config.publish,
+                          extra_files={"history.json": history_json,
+                                       "training_curve.png": training_curve_png(history, config.selection_metric)})
+    return TrainResult(path, read_artifact(path).manifest)
+
+
+def evaluate_artifact(path: Path, dataset: str | None = None, data_dir: str | None = None,
+                      device: str = "cpu") -> dict[str, float]:
+    """Recompute the test metrics of a stored artifact from its own tables and the dataset's test split.
+
+    The dataset is reloaded with the split recorded in the manifest; a different fingerprint means
+    other data than the model was trained on, which is an error rather than a silent mismatch.
+    """
+    artifact = read_artifact(path)
+    record = artifact.manifest["dataset"]
+    data = load_dataset(dataset or record["name"], data_dir=data_dir,
+                        split="auto" if record["split"] == "official" else record["split"].split("-")[0],
+                        test_fraction=record["test_fraction"], seed=record["seed"])
+    if data.fingerprint() != record["fingerprint"]:
+        raise ValueError(f"dataset {dataset or record['name']!r} is not the data this model was trained on "
+                         f"(fingerprint {data.fingerprint()[:12]} != {record['fingerprint'][:12]})")
+    exclude = pairs_to_csr(artifact.train_pairs, data.n_users, data.n_items)
+    return rank_tables(artifact.user, artifact.item, exclude, pairs_to_csr(data.test, data.n_users, data.n_items),
+                       artifact.manifest["config"]["ks"], torch.device(device))
