@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -22,8 +24,11 @@ def node_degrees(train_pairs: np.ndarray, n_users: int, n_items: int) -> np.ndar
 def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, size: int,
             device: torch.device | str) -> torch.Tensor:
     index = torch.from_numpy(np.stack([rows, cols]))
-    matrix = torch.sparse_coo_tensor(index, torch.from_numpy(values.astype(np.float32)), (size, size))
-    return matrix.coalesce().to_sparse_csr().to(device)
+    matrix = torch.sparse_coo_tensor(index, torch.from_numpy(values.astype(np.float32)), (size, size),
+                                     check_invariants=True)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": spmm with CSR is what we rely on
+        warnings.simplefilter("ignore", UserWarning)
+        return matrix.coalesce().to_sparse_csr().to(device)
 
 
 def normalized_adjacency(train_pairs: np.ndarray, n_users: int, n_items: int,

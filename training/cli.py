@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 from pydantic import ValidationError
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.config import TrainConfig, read_config_file
 
@@ -67,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = read_config_file(args.config) if args.config else {}
     settings.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
     config = TrainConfig(**settings)
-    result = run_training(config)
+    with logging_redirect_tqdm():
+        result = run_training(config)
     manifest = result.manifest
     sizes = manifest["sizes"]
     print(f"artifact: {result.path}" + ("" if config.publish else " (not published)"))

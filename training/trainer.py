@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from tqdm.auto import tqdm
 
 from model.lightgcn import LightGCN
 from training.sampling import NegativeSampler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss)
+        total += loss.item()
         batches += 1
     return total / max(batches, 1)
 
@@ -86,9 +89,8 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
             else:
                 waited += 1
             bar.set_postfix(loss=f"{loss:.4f}", **{settings.metric: f"{score:.4f}"})
-            if progress:
-                tqdm.write(f"[{stage}] epoch {epoch:4d}  loss {loss:.4f}  valid {settings.metric} "
-                           f"{score:.4f}  ({record.seconds:.2f}s)")
+            log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch)", stage, epoch, loss,
+                     settings.metric, score, record.seconds)
         history.append(record)
         if waited >= settings.patience:
             break

@@ -1,0 +1,106 @@
+"""Quantizers: what is trained (fake quantization) is what is encoded, stored and decoded."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.graph import mean_adjacency, normalized_adjacency
+from model.quantized_table import QuantizedTable
+from model.quantizers import GNAQQuantizer, UniformQuantizer, graph_influence
+
+N_USERS, N_ITEMS, DIM = 6, 9, 16
+PAIRS = np.array([[u, (u * 2 + k) % N_ITEMS] for u in range(N_USERS) for k in range(3)])
+
+
+def _gnaq(bits: int = 2, **switches) -> GNAQQuantizer:
+    adjacency = normalized_adjacency(PAIRS, N_USERS, N_ITEMS)
+    quantizer = GNAQQuantizer(bits, N_USERS, mean_adjacency=mean_adjacency(PAIRS, N_USERS, N_ITEMS),
+                              influence=graph_influence(adjacency), layers=2, **switches)
+    return quantizer
+
+
+def _decode(encoded, bits: int) -> np.ndarray:
+    """Decode through QuantizedTable, the function the service uses."""
+    codes, scale, offset = encoded.codes.numpy(), encoded.scale.numpy(), encoded.offset.numpy()
+    dim_scale = None if encoded.dim_scale is None else encoded.dim_scale.numpy()
+    if len(scale) == 2 and len(codes) != 2:  # per table: users, items
+        scale = np.r_[[scale[0]] * N_USERS, [scale[1]] * N_ITEMS].astype(np.float16)
+        offset = np.r_[[offset[0]] * N_USERS, [offset[1]] * N_ITEMS].astype(np.float16)
+    return QuantizedTable(codes, scale, offset, bits, dim_scale).dequantize()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("switches", [{}, {"node_aware": False}, {"dynamic": False}, {"estimator": "ste"},
+                                      {"equalize": False}])
+def test_encoded_codes_decode_to_the_fake_quantized_values(bits, switches):
+    generator = torch.Generator().manual_seed(bits)
+    z = torch.randn(N_USERS + N_ITEMS, DIM, generator=generator) * torch.linspace(0.2, 2.0, N_USERS + N_ITEMS)[:, None]
+    quantizer = _gnaq(bits, **switches)
+    quantizer.initialize(z)
+    encoded = quantizer.encode(z)
+    assert encoded.codes.dtype == torch.uint8 and int(encoded.codes.max()) <= 2**bits - 1
+    assert len(encoded.scale) == (N_USERS + N_ITEMS if switches.get("node_aware", True) else 2)
+    decoded = _decode(encoded, bits)
+    # Fake quantization uses float32 parameters, storage float16: they agree to float16 precision, except
+    # that a value lying on a rounding boundary may land on the neighbouring level (rare).
+    differs = np.abs(decoded - quantizer(z).detach().numpy()) > 0.01 * float(z.abs().max())
+    assert differs.mean() < 0.01
+
+
+def test_node_aware_parameters_follow_each_nodes_spread():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    z[0] *= 10
+    quantizer = _gnaq(equalize=False)
+    quantizer.initialize(z)
+    scale = quantizer.encode(z).scale.float()
+    assert scale[0] > 5 * scale[1:].median()
+
+
+def test_message_passing_mixes_neighbour_corrections():
+    quantizer = _gnaq()
+    with torch.no_grad():
+        quantizer.theta[N_USERS + 0, 0] = 1.0  # item 0's step correction only
+    refined = quantizer._refined_theta(N_USERS + N_ITEMS)
+    neighbours_of_item0 = PAIRS[PAIRS[:, 1] == 0, 0]
+    assert (refined[neighbours_of_item0, 0] > 0).all()  # its users feel it after one hop
+    assert refined[N_USERS + 0, 0] < 1.0  # and it is averaged with its neighbourhood's
+    isolated_user_row = refined[[u for u in range(N_USERS) if u not in neighbours_of_item0], 0]
+    assert (isolated_user_row >= 0).all()
+
+
+def test_graph_estimator_adds_a_pull_towards_the_grid_and_ste_does_not():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    grads = {}
+    for estimator in ("ste", "graph"):
+        quantizer = _gnaq(estimator=estimator, dynamic=False)
+        quantizer.initialize(z)
+        x = z.clone().requires_grad_(True)
+        quantizer(x).sum().backward()
+        grads[estimator] = x.grad
+    assert not torch.allclose(grads["ste"], grads["graph"])
+    scale, offset = quantizer.fixed_scale, quantizer.fixed_offset
+    u = (z / quantizer.dim_scale.half().float() - offset) / scale
+    inside = (u > 0) & (u < 2**2 - 1)
+    # The correction has the sign of the rounding residual: it moves u towards round(u).
+    difference = (grads["graph"] - grads["ste"])[inside]
+    residual = (u - torch.round(u))[inside]
+    assert (torch.sign(difference) == torch.sign(residual))[residual.abs() > 1e-3].all()
+
+
+def test_fixed_parameters_are_not_trained():
+    quantizer = _gnaq(dynamic=False)
+    assert not quantizer.theta.requires_grad
+
+
+def test_uniform_per_tensor_shares_one_grid_per_table():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    encoded = UniformQuantizer(2, N_USERS, per_node=False).encode(z)
+    assert encoded.scale.shape == (2,)
+    per_node = UniformQuantizer(2, N_USERS, per_node=True).encode(z)
+    error = {name: np.abs(_decode(e, 2) - z.numpy()).mean() for name, e in (("tensor", encoded), ("node", per_node))}
+    assert error["node"] < error["tensor"]
+
+
+def test_unsupported_bits_are_rejected():
+    with pytest.raises(ValueError, match="bits must be one of"):
+        UniformQuantizer(9, N_USERS, per_node=True)
