@@ -42,11 +42,11 @@ class _StraightThroughRound(torch.autograd.Function):
     """round() whose backward is the identity (the plain STE)."""
 
     @staticmethod
-    def forward(ctx, u: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, u: Tensor) -> Tensor:
         return torch.round(u)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> Tensor:
         return grad
 
 
@@ -59,14 +59,14 @@ class _GraphRelationAwareRound(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, influence: Tensor, eta: float) -> Tensor:  # noqa: D102
+    def forward(ctx, u: Tensor, influence: Tensor, eta: float) -> Tensor:
         rounded = torch.round(u)
         ctx.save_for_backward(u - rounded, influence)
         ctx.eta = eta
         return rounded
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         residual, influence = ctx.saved_tensors
         rms = grad.pow(2).mean(dim=1, keepdim=True).sqrt()
         return grad + ctx.eta * influence * rms * residual, None, None
@@ -142,7 +142,7 @@ class UniformQuantizer(EmbeddingQuantizer):
         super().__init__(bits, n_users)
         self.per_node = per_node
 
-    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.per_node:
             low, high = z.min(dim=1, keepdim=True).values, z.max(dim=1, keepdim=True).values
         else:
@@ -213,7 +213,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
         self.fixed_scale.copy_(scale)
         self.fixed_offset.copy_(offset)
 
-    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if not self.dynamic:
             return self.fixed_scale, self.fixed_offset
         mean, std = self._statistics(z)
@@ -223,7 +223,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
         offset = mean + std * theta[:, 1:] - scale * self.levels / 2
         return scale, offset
 
-    def round(self, u: Tensor) -> Tensor:  # noqa: D102
+    def round(self, u: Tensor) -> Tensor:
         if self.estimator == "ste":
             return super().round(u)
         return _GraphRelationAwareRound.apply(u, self.influence, self.eta)

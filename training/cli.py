@@ -29,8 +29,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field; unset flags leave the config file's value alone."""
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
         kwargs: dict = {"default": argparse.SUPPRESS, "dest": name,
-                        "help": _HELP.get(name, field.description or "") + f" (default: {field.get_default(call_default_factory=True)})"}
+                        "help": f"{_HELP.get(name, field.description or '')} (default: {default})"}
         annotation = field.annotation
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -1,126 +1,175 @@
-"""Parsers for the interaction file formats; every error names the file and the line."""
+"""Parsers for the on-disk interaction formats; every problem names the file and line so data can be fixed.
+
+Choosing a parser from a file name is done by ``training.datasets``; these functions only read.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+_USER_COLUMNS = ("user_id", "user")
+_ITEM_COLUMNS = ("item_id", "item")
+_TIME_COLUMNS = ("timestamp", "time")
+
 
 class DatasetFormatError(ValueError):
-    """A dataset file is missing, empty or malformed; ``str()`` reads ``path:line: what is wrong``."""
+    """A data file that cannot be read as its format says; ``line`` is 1-based, or None for the whole file."""
 
-    def __init__(self, path: Path | str, line: int | None, message: str) -> None:
-        self.path, self.line = Path(path), line
-        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        where = str(path) if line is None else f"{path}:{line}"
+        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
 class RawTable:
-    """Rows of a table with string ids, before they are mapped to contiguous indices."""
+    """Rows of a table with string ids, in file order; ``timestamps`` is float64, or None without that column."""
 
     users: list[str]
     items: list[str]
     timestamps: np.ndarray | None
 
 
-def _read_lines(path: Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetFormatError(path, None, "file not found")
-    lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
-    if not any(line.strip() for line in lines):
-        raise DatasetFormatError(path, None, "file is empty")
-    return lines
-
-
-def _int_id(token: str, path: Path, line: int) -> int:
+def _read_text(path: str | Path) -> str:
     try:
-        value = int(token)
-    except ValueError:
-        raise DatasetFormatError(path, line, f"id {token!r} is not an integer") from None
-    if value < 0:
-        raise DatasetFormatError(path, line, f"id {value} is negative")
-    return value
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DatasetFormatError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DatasetFormatError(path, None, "is a directory, expected a file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(path, data.count(b"\n", 0, error.start) + 1, "not UTF-8 text") from None
 
 
-def read_adjacency_lists(path: Path | str) -> np.ndarray:
-    """LightGCN/NGCF ``user item item ...`` lines (0-based, items unsorted, a lone user id allowed)."""
-    path = Path(path)
-    users: list[np.ndarray] = []
-    items: list[np.ndarray] = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        try:
-            ids = np.array(tokens, dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-            raise DatasetFormatError(path, number, f"id {bad!r} is not an integer") from None
-        if (ids < 0).any():
-            raise DatasetFormatError(path, number, f"id {int(ids[ids < 0][0])} is negative")
-        users.append(np.full(len(ids) - 1, ids[0]))
-        items.append(ids[1:])
-    return np.stack([np.concatenate(users), np.concatenate(items)], axis=1)
+def _split_lines(path: str | Path) -> list[list[str]]:
+    """Whitespace-split fields of every physical line (index + 1 is the line number); no fields at all is an error."""
+    rows = [line.split() for line in _read_text(path).split("\n")]
+    if not any(rows):
+        raise DatasetFormatError(path, None, "empty file: no interactions")
+    return rows
 
 
-def read_pairs(path: Path | str, *, one_based: bool) -> np.ndarray:
-    """``user item [weight]`` rows separated by tabs or spaces (Last.fm: 1-based ids)."""
-    path = Path(path)
-    rows = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) < 2:
-            raise DatasetFormatError(path, number, f"expected 'user item [weight]', got {line.strip()!r}")
-        user, item = (_int_id(t, path, number) for t in tokens[:2])
-        if one_based and (user < 1 or item < 1):
-            raise DatasetFormatError(path, number, "ids are 1-based in this format, found 0")
-        rows.append((user - one_based, item - one_based))
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+def _to_ids(path: str | Path, tokens: list[str], lines: np.ndarray, *, one_based: bool) -> np.ndarray:
+    """Integer ids of ``tokens`` (``lines[k]`` is the line of token k), converted in one call for speed.
 
-
-_USER_HEADERS = {"user", "user_id", "userid", "uid"}
-_ITEM_HEADERS = {"item", "item_id", "itemid", "iid", "movie_id", "artist_id"}
-
-
-def read_table(path: Path | str) -> RawTable:
-    """RecBole ``.inter`` (``name:type`` header) or a CSV/TSV of ``user,item[,timestamp]`` string ids."""
-    path = Path(path)
-    lines = _read_lines(path)
-    delimiter = "\t" if "\t" in lines[0] else ","
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    header = [field.split(":")[0].strip().lower() for field in rows[0]]
-    user_col, item_col, time_col, start = 0, 1, 2, 1
-    if header[0] in _USER_HEADERS or ":" in lines[0]:
-        if "user_id" not in header and header[0] not in _USER_HEADERS:
-            raise DatasetFormatError(path, 1, f"header has no user column: {rows[0]}")
-        user_col = header.index("user_id") if "user_id" in header else 0
-        item_col = next((header.index(h) for h in header if h in _ITEM_HEADERS), -1)
-        if item_col < 0:
-            raise DatasetFormatError(path, 1, f"header has no item column: {rows[0]}")
-        time_col = header.index("timestamp") if "timestamp" in header else -1
-    else:
-        start = 0
-        time_col = 2 if len(rows[0]) > 2 else -1
-    users, items, times = [], [], []
-    need = max(user_col, item_col, time_col) + 1
-    for number, row in enumerate(rows[start:], start=start + 1):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < need:
-            raise DatasetFormatError(path, number, f"expected at least {need} fields, got {len(row)}")
-        users.append(row[user_col].strip())
-        items.append(row[item_col].strip())
-        if time_col >= 0:
+    Only when that fails are the tokens checked one by one, to report the first bad one with its line.
+    """
+    try:
+        ids = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        for token, line in zip(tokens, lines, strict=True):
             try:
-                times.append(float(row[time_col]))
+                np.int64(int(token))
+            except (ValueError, OverflowError):
+                raise DatasetFormatError(path, int(line), f"id {token!r} is not an integer") from None
+        raise
+    bad = np.flatnonzero(ids < int(one_based))
+    if len(bad):
+        value, line = int(ids[bad[0]]), int(lines[bad[0]])
+        raise DatasetFormatError(path, line, f"id {value} < 1 in a 1-based file" if one_based
+                                 else f"id {value} is negative")
+    return ids
+
+
+def read_adjacency_lists(path: str | Path) -> np.ndarray:
+    """``(n, 2)`` int64 pairs of a LightGCN/NGCF ``user item item ...`` file (0-based, items in any order).
+
+    A line holding only a user id is a user without items; blank lines are skipped.
+    """
+    rows = _split_lines(path)
+    counts = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    lines = np.repeat(np.arange(1, len(rows) + 1), counts)
+    ids = _to_ids(path, [token for row in rows for token in row], lines, one_based=False)
+    counts = counts[counts > 0]
+    starts = np.cumsum(counts) - counts
+    is_user = np.zeros(len(ids), dtype=bool)
+    is_user[starts] = True
+    return np.stack([np.repeat(ids[starts], counts - 1), ids[~is_user]], axis=1)
+
+
+def read_pairs(path: str | Path, *, one_based: bool) -> np.ndarray:
+    """``(n, 2)`` int64 pairs of ``user item [weight]`` rows (tab or whitespace separated); the weight is unused.
+
+    With ``one_based`` the ids are shifted to 0-based, and an id below 1 is an error.
+    """
+    line_numbers: list[int] = []
+    tokens: list[str] = []
+    for number, row in enumerate(_split_lines(path), start=1):
+        if not row:
+            continue
+        if len(row) not in (2, 3):
+            raise DatasetFormatError(path, number, f"expected 'user item [weight]', found {len(row)} fields")
+        line_numbers.append(number)
+        tokens += row[:2]
+    ids = _to_ids(path, tokens, np.repeat(line_numbers, 2), one_based=one_based)
+    return ids.reshape(-1, 2) - int(one_based)
+
+
+def _header_columns(row: list[str]) -> tuple[int, int, int | None] | None:
+    """Positions of the user, item and timestamp columns when ``row`` is a header (names before any ``:type``)."""
+    names = [field.split(":", 1)[0].strip().lower() for field in row]
+
+    def find(candidates: tuple[str, ...]) -> int | None:
+        return next((k for k, name in enumerate(names) if name in candidates), None)
+
+    user, item = find(_USER_COLUMNS), find(_ITEM_COLUMNS)
+    if user is None or item is None:
+        return None
+    return user, item, find(_TIME_COLUMNS)
+
+
+def read_table(path: str | Path) -> RawTable:
+    """String-id rows of a RecBole atomic ``.inter`` file or of a ``user,item[,timestamp]`` CSV/TSV.
+
+    ``.inter`` files are tab-separated and need their typed header (``user_id:token ...``).  Other files use tab
+    when the first line holds one, else comma, and may start with a header.  A header is a row naming
+    ``user``/``user_id`` and ``item``/``item_id``; columns are then found by name, the timestamp (``timestamp`` or
+    ``time``) being optional.  Without a header the columns are user, item and, if present, a timestamp.
+    """
+    text = _read_text(path)
+    atomic = Path(path).suffix == ".inter"
+    first_line = next((line for line in text.split("\n") if line.strip()), "")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if atomic or "\t" in first_line else ",")
+    users: list[str] = []
+    items: list[str] = []
+    stamps: list[float] = []
+    columns: tuple[int, int, int | None] | None = None
+    for row in reader:
+        if not any(field.strip() for field in row):
+            continue
+        if columns is None:
+            columns = _header_columns(row)
+            if columns is not None:
+                continue
+            if atomic:
+                raise DatasetFormatError(path, reader.line_num, "expected a header naming user_id and item_id")
+            columns = (0, 1, 2 if len(row) > 2 else None)
+        user, item, stamp = columns
+        needed = max(user, item, -1 if stamp is None else stamp) + 1
+        if len(row) < needed:
+            raise DatasetFormatError(path, reader.line_num, f"expected at least {needed} fields, found {len(row)}")
+        user_id, item_id = row[user].strip(), row[item].strip()
+        if not user_id or not item_id:
+            raise DatasetFormatError(path, reader.line_num, "empty user or item id")
+        users.append(user_id)
+        items.append(item_id)
+        if stamp is not None:
+            try:
+                value = float(row[stamp])
             except ValueError:
-                raise DatasetFormatError(path, number, f"timestamp {row[time_col]!r} is not a number") from None
-    if not users:
-        raise DatasetFormatError(path, None, "no interaction rows")
-    return RawTable(users, items, np.asarray(times, dtype=np.float64) if time_col >= 0 else None)
+                value = math.nan
+            if not math.isfinite(value):
+                raise DatasetFormatError(path, reader.line_num, f"timestamp {row[stamp]!r} is not a finite number")
+            stamps.append(value)
+    if columns is None or not users:
+        raise DatasetFormatError(path, None, "empty file: no interactions")
+    return RawTable(users, items, None if columns[2] is None else np.array(stamps, dtype=np.float64))

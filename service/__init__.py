@@ -1,0 +1,1 @@
+"""Recommendation service (FastAPI + FAISS + Redis): built on the artifacts of ``training``."""

@@ -1,0 +1,86 @@
+"""End to end through the ``gnaq`` CLI on the embedded MovieLens-100K (few epochs, real files)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.artifact import read_artifact
+from training.cli import main
+
+FAST = ["--dataset", "ml-100k", "--dim", "16", "--layers", "2", "--epochs", "2", "--qat-epochs", "2",
+        "--eval-every", "1", "--patience", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("models")
+    assert main(["train", *FAST, "--method", "gnaq", "--bits", "2", "--model-dir", str(model_dir)]) == 0
+    return model_dir
+
+
+def test_train_publishes_a_complete_artifact(trained, capsys):
+    version = (trained / "CURRENT").read_text().strip()
+    artifact = read_artifact(trained / version)
+    manifest = artifact.manifest
+    assert manifest["method"] == "gnaq" and manifest["bits"] == 2 and manifest["dim"] == 16
+    assert set(manifest["metrics"]["test"]) == {"recall@10", "ndcg@10", "recall@20", "ndcg@20"}
+    assert manifest["dataset"]["split"] == "random-80/20 seed=0" and manifest["seed"] == 0
+    assert manifest["sizes"]["compression_ratio"] > 5  # d=16: 4 B codes + 4 B params vs 64 B
+    assert artifact.item.bits == 2 and artifact.item.codes.shape == (1682, 16)
+    assert (trained / version / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(artifact.train_pairs) == 80000 and len(artifact.user_ids) == 943
+
+
+def test_evaluate_reproduces_the_recorded_metrics(trained, capsys):
+    assert main(["evaluate", str(trained)]) == 0
+    out = capsys.readouterr().out
+    assert "recall@20" in out and "recorded" in out
+
+
+def test_evaluate_refuses_a_corrupt_artifact(trained, capsys, tmp_path):
+    version = (trained / "CURRENT").read_text().strip()
+    copy = tmp_path / version
+    subprocess.run(["cp", "-r", str(trained / version), str(copy)], check=True)
+    codes = copy / "item_codes.bin"
+    data = bytearray(codes.read_bytes())
+    data[10] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    assert main(["evaluate", str(copy)]) == 2
+    assert "item_codes.bin" in capsys.readouterr().err
+
+
+def test_no_publish_and_fp32_warm_start_reuse(trained, capsys):
+    before = (trained / "CURRENT").read_text()
+    assert main(["train", *FAST, "--method", "ptq", "--bits", "2", "--model-dir", str(trained),
+                 "--no-publish", "--version", "ptq-test"]) == 0
+    assert (trained / "CURRENT").read_text() == before
+    manifest = json.loads((trained / "ptq-test" / "manifest.json").read_text())
+    assert manifest["quantizer"]["class"] == "UniformQuantizer" and "not published" in capsys.readouterr().out
+    assert len(list((trained / ".cache").glob("fp32-*.pt"))) == 1
+
+
+def test_config_file_and_flag_override(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "fp32"\nbits = 9\n')
+    assert main(["train", "--config", str(config), "--model-dir", str(tmp_path)]) == 2
+    assert "bits" in capsys.readouterr().err
+    config.write_text('method = "fp32"\ndatset = "typo"\n')
+    assert main(["train", "--config", str(config), "--model-dir", str(tmp_path)]) == 2
+    assert "datset" in capsys.readouterr().err
+
+
+def test_bad_dataset_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,timestamp\nu1,i1,now\n")
+    assert main(["train", "--dataset", str(bad), "--model-dir", str(tmp_path)]) == 2
+    assert f"{bad}:2: timestamp 'now'" in capsys.readouterr().err
+    assert not any(p.name != "bad.csv" for p in tmp_path.iterdir() if not p.name.startswith("."))
+
+
+def test_console_script_and_data_stats():
+    out = subprocess.run([sys.executable, "-m", "training.cli", "data", "stats", "ml-100k"],
+                         capture_output=True, text=True, check=True).stdout
+    stats = json.loads(out)
+    assert stats["users"] == 943 and stats["interactions"] == 100000
