@@ -72,6 +72,20 @@ class _GraphRelationAwareRound(torch.autograd.Function):
         return grad + ctx.eta * influence * rms * residual, None, None
 
 
+def gaussian_grid(mean: Tensor, std: Tensor, bits: int, clip: float) -> tuple[Tensor, Tensor]:
+    """``(scale, offset)`` of a 2^b-level grid centred on ``mean`` with step ``clip * c_b * std``."""
+    scale = clip * GAUSSIAN_STEP[bits] * std.clamp_min(1e-8)
+    return scale, mean - scale * (2**bits - 1) / 2
+
+
+def encode_stored(x: Tensor, scale: Tensor, offset: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 codes of ``x`` against float16-rounded ``(scale, offset)``, returned as stored (float16)."""
+    scale16 = scale.clamp_min(_MIN_SCALE).to(torch.float16)
+    offset16 = offset.to(torch.float16)
+    u = (x - offset16.float()) / scale16.float()
+    return torch.clamp(torch.round(u), 0, 2**bits - 1).to(torch.uint8), scale16, offset16
+
+
 def _per_table(values: Tensor, n_users: int, reduce) -> Tensor:
     """Apply ``reduce`` to the user rows and to the item rows separately; broadcast back per row."""
     users, items = reduce(values[:n_users]), reduce(values[n_users:])
@@ -124,11 +138,7 @@ class EmbeddingQuantizer(nn.Module):
         """
         g = self._stored_dim_scale()
         z = z if g is None else z / g
-        scale, offset = self.node_parameters(z)
-        scale16 = scale.clamp_min(_MIN_SCALE).to(torch.float16)
-        offset16 = offset.to(torch.float16)
-        u = (z - offset16.float()) / scale16.float()
-        codes = torch.clamp(torch.round(u), 0, self.levels).to(torch.uint8)
+        codes, scale16, offset16 = encode_stored(z, *self.node_parameters(z), self.bits)
         if not self.per_node:
             scale16, offset16 = scale16[[0, self.n_users]], offset16[[0, self.n_users]]
         return QuantizedCodes(codes, scale16.squeeze(1), offset16.squeeze(1),
@@ -197,11 +207,6 @@ class GNAQQuantizer(EmbeddingQuantizer):
             total = total + h
         return total / (self.layers + 1)
 
-    def _initial_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        mean, std = self._statistics(z)
-        scale = self.clip * GAUSSIAN_STEP[self.bits] * std.clamp_min(1e-8)
-        return scale, mean - scale * self.levels / 2
-
     @torch.no_grad()
     def initialize(self, z: Tensor) -> None:
         """Start from the node's own value distribution of the warm-start embeddings ``z``."""
@@ -209,7 +214,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
         if self.equalize:
             self.dim_scale = z.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
             z = z / self._stored_dim_scale()
-        scale, offset = self._initial_parameters(z)
+        scale, offset = gaussian_grid(*self._statistics(z), self.bits, self.clip)
         self.fixed_scale.copy_(scale)
         self.fixed_offset.copy_(offset)
 
@@ -217,11 +222,10 @@ class GNAQQuantizer(EmbeddingQuantizer):
         if not self.dynamic:
             return self.fixed_scale, self.fixed_offset
         mean, std = self._statistics(z)
-        std = std.clamp_min(1e-8)
         theta = self._refined_theta(len(z))
-        scale = self.clip * GAUSSIAN_STEP[self.bits] * std * torch.exp(theta[:, :1])
-        offset = mean + std * theta[:, 1:] - scale * self.levels / 2
-        return scale, offset
+        # The initial grid, its step scaled by exp(rho~) and its centre shifted by delta~ node stds.
+        return gaussian_grid(mean + std.clamp_min(1e-8) * theta[:, 1:], std * torch.exp(theta[:, :1]),
+                             self.bits, self.clip)
 
     def round(self, u: Tensor) -> Tensor:
         if self.estimator == "ste":

@@ -1,4 +1,8 @@
-"""Named datasets and paths -> ``Interactions`` with contiguous ids and a recorded split."""
+"""Named datasets and paths -> ``Interactions`` with contiguous ids, a recorded split and counted skips.
+
+Data are read where they lie (``GNAQ_DATA_DIR`` or ``../shared/datasets``) and never copied into the repository;
+MovieLens-100K is taken from the recbole wheel so that the default needs no download.
+"""
 
 from __future__ import annotations
 
@@ -16,156 +20,194 @@ from training.splits import random_split, temporal_split
 
 log = logging.getLogger(__name__)
 
+_TABLE_SUFFIXES = (".inter", ".csv", ".tsv", ".txt")
+
 
 @dataclass(frozen=True)
-class _Official:
-    """A dataset shipped with its own train/test files."""
+class NamedDataset:
+    """Where a registered dataset's files lie and how they are read.
 
-    train: str
-    test: str
-    one_based_pairs: bool = False  # False: adjacency lists; True: 1-based ``user item weight`` pairs
+    ``files`` is ``(train, test)`` for an official split, or one file to split ourselves; paths are relative to
+    the data directory, or to the installed recbole package when ``embedded``.  ``fmt`` is ``"adjacency"``,
+    ``"pairs"`` or ``"table"``.
+    """
+
+    files: tuple[str, ...]
+    fmt: str
+    one_based: bool = False
+    embedded: bool = False
 
 
-NAMED_DATASETS: dict[str, _Official | None] = {
-    "ml-100k": None,  # embedded default, from the recbole wheel
-    "gowalla": _Official("gowalla/train.txt", "gowalla/test.txt"),
-    "movielens1m": _Official("movielens1m/train.txt", "movielens1m/test.txt"),
-    "lastfm": _Official("lastfm/data1.txt", "lastfm/test1.txt", one_based_pairs=True),
+NAMED_DATASETS: dict[str, NamedDataset] = {
+    "ml-100k": NamedDataset(("dataset_example/ml-100k/ml-100k.inter",), "table", embedded=True),
+    "gowalla": NamedDataset(("gowalla/train.txt", "gowalla/test.txt"), "adjacency"),
+    "movielens1m": NamedDataset(("movielens1m/train.txt", "movielens1m/test.txt"), "adjacency"),
+    "lastfm": NamedDataset(("lastfm/data1.txt", "lastfm/test1.txt"), "pairs", one_based=True),
 }
 
 
 def default_data_dir() -> Path:
-    """``GNAQ_DATA_DIR``, else ``../shared/datasets`` beside the working directory or the repository."""
+    """``$GNAQ_DATA_DIR``, else ``../shared/datasets`` from the working directory if it exists, else from the repo."""
     if os.environ.get("GNAQ_DATA_DIR"):
         return Path(os.environ["GNAQ_DATA_DIR"])
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = base.parent / "shared" / "datasets"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd().parent / "shared" / "datasets"
+    beside_cwd = Path.cwd().parent / "shared" / "datasets"
+    return beside_cwd if beside_cwd.is_dir() else Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def embedded_ml100k() -> Path:
-    """MovieLens-100K as packaged in the recbole wheel (found without importing recbole)."""
+def _recbole_dir() -> Path:
+    """The installed recbole package directory, found without importing recbole (slow, with missing deps)."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded ml-100k ships in recbole: pip install --no-deps recbole==1.2.1")
-    path = Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-100k" / "ml-100k.inter"
+        raise FileNotFoundError("ml-100k is read from the recbole wheel, which is not installed: "
+                                "pip install --no-deps recbole==1.2.1")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _named_files(name: str, spec: NamedDataset, data_dir: str | None) -> list[Path]:
+    root = _recbole_dir() if spec.embedded else Path(data_dir) if data_dir else default_data_dir()
+    hint = ("reinstall it: pip install --no-deps recbole==1.2.1" if spec.embedded
+            else "set GNAQ_DATA_DIR (or --data-dir) to the directory holding the shared datasets")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {root} for dataset {name!r} not found; {hint}")
+    files = [root / file for file in spec.files]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} (dataset {name!r}) not found; {hint}")
+    return files
+
+
+def _path_spec(name_or_path: str) -> tuple[NamedDataset, list[Path]]:
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = [path / "train.txt", path / "test.txt"]
+        missing = [str(file) for file in files if not file.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is a directory without {' and '.join(missing)} (adjacency lists)")
+        return NamedDataset(("train.txt", "test.txt"), "adjacency"), files
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed recbole package")
-    return path
+        raise FileNotFoundError(f"{name_or_path!r} is neither a dataset name ({', '.join(NAMED_DATASETS)}) "
+                                f"nor an existing file or directory")
+    if path.suffix.lower() not in _TABLE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {_TABLE_SUFFIXES}")
+    return NamedDataset((path.name,), "table"), [path]
 
 
-def _split_name(kind: str, test_fraction: float, seed: int | None) -> str:
-    shares = f"{round(100 * (1 - test_fraction))}/{round(100 * test_fraction)}"
-    return f"{kind}-{shares}" + (f" seed={seed}" if seed is not None else "")
+def _split_label(kind: str, test_fraction: float) -> str:
+    return f"{kind}-{round(100 * (1 - test_fraction))}/{round(100 * test_fraction)}"
 
 
-def _dedupe(pairs: np.ndarray) -> tuple[np.ndarray, int]:
-    unique = np.unique(pairs, axis=0)
-    return unique, len(pairs) - len(unique)
+def _first_occurrences(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    """Positions of the first occurrence of each distinct pair, ordered by (user, item)."""
+    return np.unique(pairs[:, 0] * n_items + pairs[:, 1], return_index=True)[1]
 
 
-def _clean_test(train: np.ndarray, test: np.ndarray, source: str, warnings: dict[str, int]) -> np.ndarray:
-    """Drop (and count) test pairs the model cannot be judged on: unseen user/item, or already in train."""
-    seen_users, seen_items = np.unique(train[:, 0]), np.unique(train[:, 1])
-    unseen = ~(np.isin(test[:, 0], seen_users) & np.isin(test[:, 1], seen_items))
-    n_items = int(max(train[:, 1].max(), test[:, 1].max())) + 1
-    in_train = np.isin(test[:, 0] * n_items + test[:, 1], train[:, 0] * n_items + train[:, 1])
-    for key, mask in (("test_pairs_unseen_in_train", unseen), ("test_pairs_in_train", in_train & ~unseen)):
-        if mask.any():
-            warnings[key] = int(mask.sum())
-            log.warning("%s: dropped %d test pairs (%s)", source, int(mask.sum()), key.replace("_", " "))
-    return test[~(unseen | in_train)]
+def _count(warnings: dict[str, int], key: str, n: int, source: str | Path, what: str) -> None:
+    if n:
+        warnings[key] = warnings.get(key, 0) + n
+        log.warning("%s: skipped %d %s", source, n, what)
 
 
-def _official(train_path: Path, test_path: Path, one_based: bool) -> tuple[np.ndarray, np.ndarray]:
-    if one_based:
-        return read_pairs(train_path, one_based=True), read_pairs(test_path, one_based=True)
-    return read_adjacency_lists(train_path), read_adjacency_lists(test_path)
+def _clean_official(train: np.ndarray, test: np.ndarray, n_users: int, n_items: int, test_file: Path,
+                    warnings: dict[str, int]) -> np.ndarray:
+    """Drop the test pairs a model cannot be judged on: already in train, or with a user/item absent from train."""
+    train_codes = train[:, 0] * n_items + train[:, 1]  # sorted: train is ordered by (user, item)
+    test_codes = test[:, 0] * n_items + test[:, 1]
+    at = np.minimum(np.searchsorted(train_codes, test_codes), len(train_codes) - 1)
+    in_train = train_codes[at] == test_codes
+    _count(warnings, "test_pairs_in_train", int(in_train.sum()), test_file, "test pairs that are also in train")
+    test = test[~in_train]
+    seen_users = np.bincount(train[:, 0], minlength=n_users) > 0
+    seen_items = np.bincount(train[:, 1], minlength=n_items) > 0
+    unseen = ~(seen_users[test[:, 0]] & seen_items[test[:, 1]])
+    n_new_items = len(np.unique(test[unseen & ~seen_items[test[:, 1]], 1]))
+    n_new_users = len(np.unique(test[unseen & ~seen_users[test[:, 0]], 0]))
+    _count(warnings, "test_pairs_unseen_in_train", int(unseen.sum()), test_file,
+           f"test pairs whose user or item never appears in train ({n_new_users} users, {n_new_items} items)")
+    return test[~unseen]
+
+
+def _from_official(name: str, spec: NamedDataset, files: list[Path], split: str, test_fraction: float,
+                   seed: int) -> Interactions:
+    """Integer-id train/test files: indices are the file's ids (minus 1 when 1-based); n = max id + 1."""
+    if split == "temporal":
+        raise ValueError(f"{files[0]}: a temporal split needs a timestamp column, which this format lacks")
+    if spec.fmt == "pairs":
+        train, test = (read_pairs(file, one_based=spec.one_based) for file in files)
+    else:
+        train, test = (read_adjacency_lists(file) for file in files)
+    if not len(train):
+        raise DatasetFormatError(files[0], None, "no training interactions")
+    n_users = int(max(train[:, 0].max(), test[:, 0].max(initial=0))) + 1
+    n_items = int(max(train[:, 1].max(), test[:, 1].max(initial=0))) + 1
+    warnings: dict[str, int] = {}
+    if split == "random":
+        everything = np.concatenate([train, test])
+        unique = everything[_first_occurrences(everything, n_items)]
+        _count(warnings, "duplicate_pairs", len(everything) - len(unique), " + ".join(map(str, files)),
+               "duplicate pairs")
+        train, test = random_split(unique, test_fraction=test_fraction, seed=seed)
+        label = f"{_split_label('random', test_fraction)} seed={seed}"
+    else:
+        unique = []
+        for file, pairs in zip(files, (train, test), strict=True):
+            unique.append(pairs[_first_occurrences(pairs, n_items)])
+            _count(warnings, "duplicate_pairs", len(pairs) - len(unique[-1]), file, "duplicate pairs")
+        test = _clean_official(unique[0], unique[1], n_users, n_items, files[1], warnings)
+        train, label = unique[0], "official"
+    offset = int(spec.one_based)
+    return Interactions(name, n_users, n_items, train, test, [str(i + offset) for i in range(n_users)],
+                        [str(i + offset) for i in range(n_items)], label, warnings)
+
+
+def _from_table(name: str, file: Path, split: str, test_fraction: float, seed: int) -> Interactions:
+    """String-id rows: indices in order of first appearance; split here (no official split exists)."""
+    table = read_table(file)
+    user_index: dict[str, int] = {}
+    item_index: dict[str, int] = {}
+    users = np.fromiter((user_index.setdefault(u, len(user_index)) for u in table.users), np.int64, len(table.users))
+    items = np.fromiter((item_index.setdefault(i, len(item_index)) for i in table.items), np.int64, len(table.items))
+    first = np.sort(_first_occurrences(np.stack([users, items], axis=1), len(item_index)))  # file order
+    pairs = np.stack([users[first], items[first]], axis=1)
+    warnings: dict[str, int] = {}
+    _count(warnings, "duplicate_pairs", len(users) - len(pairs), file, "duplicate pairs (kept the first)")
+    if split == "temporal":
+        if table.timestamps is None:
+            raise ValueError(f"{file}: a temporal split needs a timestamp column, which this file lacks")
+        train, test = temporal_split(pairs, table.timestamps[first], test_fraction=test_fraction)
+        label = _split_label("temporal", test_fraction)
+    else:
+        train, test = random_split(pairs, test_fraction=test_fraction, seed=seed)
+        label = f"{_split_label('random', test_fraction)} seed={seed}"
+    return Interactions(name, len(user_index), len(item_index), train, test, list(user_index), list(item_index),
+                        label, warnings)
 
 
 def load_dataset(name_or_path: str, *, data_dir: str | None = None, split: str = "auto",
                  test_fraction: float = 0.2, seed: int = 0) -> Interactions:
-    """Load a named dataset or a path and split it (``auto``: official split if any, else random)."""
+    """Load a registered dataset or a path and split it.
+
+    ``split``: ``"auto"`` keeps an official train/test split where the dataset has one, else splits at random;
+    ``"random"`` splits per user at random (official datasets are re-split from train + test together);
+    ``"temporal"`` puts each user's latest interactions in test and needs timestamps.  Duplicate pairs are
+    dropped; of an official test set, pairs already in train or with a user/item never seen in train are
+    dropped as well.  Each skip is counted in ``warnings`` and logged.
+    """
     if split not in ("auto", "random", "temporal"):
-        raise ValueError(f"split must be auto, random or temporal, got {split!r}")
-    warnings: dict[str, int] = {}
-    official = NAMED_DATASETS.get(name_or_path)
-    path = Path(name_or_path)
-    if name_or_path in NAMED_DATASETS and official is not None:
-        root = Path(data_dir) if data_dir else default_data_dir()
-        files = root / official.train, root / official.test
-        for file in files:
-            if not file.is_file():
-                raise FileNotFoundError(f"{file} not found (set GNAQ_DATA_DIR or --data-dir to the datasets dir)")
-        train, test = _official(*files, official.one_based_pairs)
-        one_based, source = official.one_based_pairs, str(files[1])
-    elif path.is_dir():
-        files = path / "train.txt", path / "test.txt"
-        train, test = _official(*files, False)
-        one_based, source = False, str(files[1])
+        raise ValueError(f"split must be 'auto', 'random' or 'temporal', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if name_or_path in NAMED_DATASETS:
+        spec = NAMED_DATASETS[name_or_path]
+        files = _named_files(name_or_path, spec, data_dir)
     else:
-        table_path = embedded_ml100k() if name_or_path == "ml-100k" else path
-        if not table_path.is_file():
-            raise FileNotFoundError(f"{name_or_path!r} is neither a dataset name ({', '.join(NAMED_DATASETS)}) "
-                                    f"nor an existing file or directory")
-        return _from_table(name_or_path, table_path, split, test_fraction, seed)
-    train, warnings["duplicate_pairs"] = _dedupe(train)
-    test, duplicates = _dedupe(test)
-    warnings["duplicate_pairs"] += duplicates
-    n_users = int(max(train[:, 0].max(), test[:, 0].max(initial=0))) + 1
-    n_items = int(max(train[:, 1].max(), test[:, 1].max(initial=0))) + 1
-    if split == "temporal":
-        raise ValueError(f"{name_or_path}: a temporal split needs timestamps, which this format lacks")
-    if split == "random":
-        train, test = random_split(np.unique(np.concatenate([train, test]), axis=0),
-                                   test_fraction=test_fraction, seed=seed)
-        split_name = _split_name("random", test_fraction, seed)
-    else:
-        test = _clean_test(train, test, source, warnings)
-        split_name = "official"
-    ids = [str(i + one_based) for i in range(max(n_users, n_items))]
-    return Interactions(path.name if official is None else name_or_path, n_users, n_items, train, test,
-                        ids[:n_users], ids[:n_items], split_name, {k: v for k, v in warnings.items() if v})
-
-
-def _from_table(name: str, path: Path, split: str, test_fraction: float, seed: int) -> Interactions:
-    """String-id tables: ids mapped to indices in order of first appearance; no official split."""
-    table = read_table(path)
-    user_ids, users = np.unique(np.asarray(table.users), return_inverse=True)
-    item_ids, items = np.unique(np.asarray(table.items), return_inverse=True)
-    first_user, first_item = _first_appearance(users), _first_appearance(items)
-    pairs = np.stack([first_user[users], first_item[items]], axis=1).astype(np.int64)
-    order_users, order_items = np.argsort(first_user), np.argsort(first_item)
-    unique, index = np.unique(pairs, axis=0, return_index=True)
-    warnings = {"duplicate_pairs": len(pairs) - len(unique)} if len(unique) < len(pairs) else {}
-    if split == "temporal":
-        if table.timestamps is None:
-            raise ValueError(f"{path}: a temporal split needs a timestamp column")
-        train, test = temporal_split(unique, table.timestamps[index], test_fraction=test_fraction)
-        split_name = _split_name("temporal", test_fraction, None)
-    else:
-        train, test = random_split(unique, test_fraction=test_fraction, seed=seed)
-        split_name = _split_name("random", test_fraction, seed)
-    if len(train) == 0:
-        raise DatasetFormatError(path, None, "no training interactions")
-    return Interactions(name if name == "ml-100k" else path.stem, len(user_ids), len(item_ids), train, test,
-                        [str(x) for x in user_ids[order_users]], [str(x) for x in item_ids[order_items]],
-                        split_name, warnings)
-
-
-def _first_appearance(inverse: np.ndarray) -> np.ndarray:
-    """Map sorted-unique codes to indices ranked by first appearance in the file."""
-    first = np.full(inverse.max() + 1, len(inverse))
-    np.minimum.at(first, inverse, np.arange(len(inverse)))
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank
+        spec, files = _path_spec(name_or_path)
+    if spec.fmt == "table":
+        return _from_table(name_or_path, files[0], split, test_fraction, seed)
+    return _from_official(name_or_path, spec, files, split, test_fraction, seed)
 
 
 def dataset_stats(data: Interactions) -> dict:
-    """The figures ``gnaq data stats`` prints."""
+    """Sizes, density, split and skip counts of a loaded dataset, JSON-ready (``gnaq data``)."""
     return {"dataset": data.name, "users": data.n_users, "items": data.n_items, "train": len(data.train),
-            "test": len(data.test), "interactions": data.n_interactions, "density": round(data.density, 6),
-            "split": data.split, "warnings": data.warnings}
+            "test": len(data.test), "interactions": data.n_interactions, "density": data.density,
+            "split": data.split, "warnings": dict(data.warnings)}
