@@ -37,3 +37,9 @@ def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndar
     mean, std = x.mean(dim=1, keepdim=True), x.std(dim=1, unbiased=False, keepdim=True)
     codes, scale16, offset16 = encode_stored(x, *gaussian_grid(mean, std, bits, clip), bits)
     return QuantizedTable(codes.numpy(), scale16.reshape(1).numpy(), offset16.reshape(1).numpy(), bits, g16)
+
+
+def requantize_user(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray, *, bits: int,
+                    clip: float, dim_scale: np.ndarray | None) -> QuantizedTable:
+    """Fold a user in from ``items`` and quantize it: the codes the service stores for that user."""
+    return requantize(fold_in(item_vectors, item_degree, items), bits=bits, clip=clip, dim_scale=dim_scale)

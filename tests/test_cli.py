@@ -4,20 +4,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-
+from tests.conftest import FAST
 from training.artifact import read_artifact
 from training.cli import main
-
-FAST = ["--dataset", "ml-100k", "--dim", "16", "--layers", "2", "--epochs", "2", "--qat-epochs", "2",
-        "--eval-every", "1", "--patience", "1", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("models")
-    assert main(["train", *FAST, "--method", "gnaq", "--bits", "2", "--model-dir", str(model_dir)]) == 0
-    return model_dir
 
 
 def test_train_publishes_a_complete_artifact(trained, capsys):

@@ -1,0 +1,42 @@
+"""Requantizing a newly interacting user from the artifact alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.foldin import fold_in, requantize, requantize_user
+from training.artifact import read_artifact
+from training.datasets import load_dataset
+from training.evaluate import evaluate_ranking, pairs_to_csr
+
+
+def test_folded_in_users_rank_their_held_out_items(trained):
+    artifact = read_artifact(trained)
+    manifest, items = artifact.manifest, artifact.item.dequantize()
+    data = load_dataset("ml-100k")
+    n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
+    seen = pairs_to_csr(artifact.train_pairs, n_users, n_items)
+    folded = np.stack([
+        requantize_user(items, artifact.arrays["item_degree"], seen[u].indices, bits=manifest["bits"],
+                        clip=manifest["quantizer"]["clip"], dim_scale=artifact.item.dim_scale).dequantize()[0]
+        for u in range(n_users)])
+    relevant = pairs_to_csr(data.test, n_users, n_items)
+    served = evaluate_ranking(torch.from_numpy(artifact.user.dequantize()), torch.from_numpy(items), seen, relevant)
+    refolded = evaluate_ranking(torch.from_numpy(folded), torch.from_numpy(items), seen, relevant)
+    # Users rebuilt only from their training items rank about as well as their trained codes, and far
+    # better than chance (20 of ~1,600 unseen items: recall@20 ~ 0.012).
+    assert refolded["recall@20"] > 0.6 * served["recall@20"] > 0.05
+
+
+def test_requantized_node_uses_the_models_grid():
+    vector = np.linspace(-1, 1, 16).astype(np.float32)
+    table = requantize(vector, bits=2, clip=0.8, dim_scale=np.full(16, 2.0, dtype=np.float16))
+    assert table.codes.shape == (1, 16) and table.codes.max() <= 3 and table.scale.dtype == np.float16
+    assert np.corrcoef(table.dequantize()[0], vector)[0, 1] > 0.9
+
+
+def test_fold_in_needs_known_items():
+    with pytest.raises(ValueError, match="at least one"):
+        fold_in(np.zeros((3, 4), np.float32), np.ones(3), np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match="out of range"):
+        fold_in(np.zeros((3, 4), np.float32), np.ones(3), np.array([3]))
