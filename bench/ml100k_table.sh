@@ -8,7 +8,7 @@ common=(--dataset ml-100k --dim 64 --layers 3 --seed 0 --model-dir "$MODEL_DIR" 
 run() { echo "== gnaq train ${common[*]} $*"; .venv/bin/gnaq train "${common[@]}" "$@" 2>&1 | grep -E "^(test|size|artifact)"; }
 run --method fp32 --version fp32
 run --method ptq --bits 2 --ptq-granularity tensor --version ptq-tensor-2bit
-run --method ptq --bits 2 --ptq-granularity node --version ptq-node-2bit
+for bits in 2 1 4; do run --method ptq --bits "$bits" --ptq-granularity node --version "ptq-node-${bits}bit"; done
 for bits in 2 1 4; do run --method gnaq --bits "$bits" --version "gnaq-${bits}bit"; done
 run --method gnaq --bits 2 --no-node-aware --version gnaq-2bit-no-node-aware
 run --method gnaq --bits 2 --no-dynamic --version gnaq-2bit-no-dynamic

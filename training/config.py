@@ -34,7 +34,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(2048, ge=1)
     l2: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
-    eval_every: int = Field(5, ge=1)
+    eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
+    qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the GNAQ stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     seed: int = 0
     device: str = "cpu"

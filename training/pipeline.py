@@ -103,9 +103,9 @@ def _validator(ws: Workspace, model: LightGCN):
                                ws.config.ks, ws.device)
 
 
-def _settings(config: TrainConfig, *, epochs: int, lr: float, patience: int) -> FitSettings:
+def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
-                       patience=patience, eval_every=config.eval_every, metric=config.selection_metric)
+                       patience=config.patience, eval_every=eval_every, metric=config.selection_metric)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
@@ -129,7 +129,7 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
         return model, [EpochRecord(**r) for r in saved["history"]]
     rng = np.random.default_rng(c.seed)
     history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-                  _validator(ws, model), _settings(c, epochs=c.epochs, lr=c.lr, patience=c.patience),
+                  _validator(ws, model), _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every),
                   stage="fp32", rng=rng, progress=c.progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -157,7 +157,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, patience=c.patience),
+               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every),
                stage=f"gnaq-{c.bits}bit", rng=rng, progress=c.progress)
 
 
@@ -181,6 +181,16 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     return record
 
 
+def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]:
+    """Per stage, the epoch whose state was kept (first best validation score, as ``fit`` keeps it)."""
+    selected: dict[str, int] = {}
+    for stage in dict.fromkeys(r.stage for r in history):
+        validated = [r for r in history if r.stage == stage and r.valid]
+        best = max(r.valid[config.selection_metric] for r in validated)
+        selected[stage] = next(r.epoch for r in validated if r.valid[config.selection_metric] == best)
+    return selected
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, select on validation, test once, export the artifact (published unless told not to)."""
     started = time.perf_counter()
@@ -199,7 +209,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         "quantizer": _quantizer_record(model), "dataset": _dataset_record(ws),
         "metrics": {"test": test, "valid": valid, "selection_metric": config.selection_metric},
         "served": "final layer-mean embeddings, quantized" if model.quantizer else "final layer-mean embeddings, fp32",
-        "training": {"epochs": {r.stage: r.epoch for r in history}, "seconds": time.perf_counter() - started,
+        "training": {"epochs_run": {r.stage: r.epoch for r in history}, "selected_epoch": _selected(history, config),
+                     "seconds": time.perf_counter() - started,
                      "device": str(ws.device), "torch": torch.__version__},
         "config": config.model_dump(),
     }

@@ -18,7 +18,8 @@ def training_curve_png(history: list[EpochRecord], metric: str) -> bytes:
     offset = 0
     for stage in dict.fromkeys(r.stage for r in history):
         rows = [r for r in history if r.stage == stage]
-        loss_axis.plot([offset + r.epoch for r in rows], [r.loss for r in rows], label=stage)
+        trained = [r for r in rows if r.loss is not None]
+        loss_axis.plot([offset + r.epoch for r in trained], [r.loss for r in trained], label=stage)
         evaluated = [r for r in rows if r.valid]
         metric_axis.plot([offset + r.epoch for r in evaluated], [r.valid[metric] for r in evaluated],
                          marker="o", markersize=3, label=stage)

@@ -38,7 +38,7 @@ class EpochRecord:
 
     stage: str
     epoch: int
-    loss: float
+    loss: float | None  # None for epoch 0: the starting state, validated before any training
     seconds: float
     valid: dict[str, float] = field(default_factory=dict)
 
@@ -71,11 +71,12 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
-    the test split is never looked at here.
+    the test split is never looked at here. The starting state (epoch 0) is a candidate too, so a
+    warm-started stage can never end worse on validation than where it began.
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
-    history: list[EpochRecord] = []
-    best_score, best_state, waited = -1.0, copy.deepcopy(model.state_dict()), 0
+    history = [EpochRecord(stage, 0, None, 0.0, validate())]
+    best_score, best_state, waited = history[0].valid[settings.metric], copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
