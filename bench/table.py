@@ -1,25 +1,43 @@
-"""Markdown table of every artifact under a model dir: test metrics, ratio to fp32, size."""
+"""Markdown table of the artifacts under one or more model dirs (one per seed): test metrics as mean ± std.
+
+Usage: python bench/table.py runs/ml100k-seed0 [runs/ml100k-seed1 ...]
+Versions are matched by name across dirs; "R@20 / fp32" divides by the fp32 version of the same dir.
+"""
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
-def main(model_dir: str) -> None:
-    manifests = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(model_dir).glob("*/manifest.json"))}
-    reference = manifests.get("fp32", {}).get("metrics", {}).get("test", {})
-    print("| version | method | bits | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | R@20 / fp32 "
-          "| embedding bytes | x smaller than fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for version, m in manifests.items():
-        t = m["metrics"]["test"]
-        ratio = t["recall@20"] / reference["recall@20"] if reference else float("nan")
-        print(f"| {version} | {m['method']} | {m['bits'] or 32} | {t['recall@10']:.4f} | {t['ndcg@10']:.4f} "
-              f"| {t['recall@20']:.4f} | {t['ndcg@20']:.4f} | {ratio:.3f} | {m['sizes']['embedding_bytes']:,} "
-              f"| {m['sizes']['compression_ratio']:.1f} |")
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main(model_dirs: list[str]) -> None:
+    runs = [{p.parent.name: json.loads(p.read_text()) for p in sorted(Path(d).glob("*/manifest.json"))}
+            for d in model_dirs]
+    seeds = ", ".join(str(next(iter(r.values()))["seed"]) for r in runs)
+    print(f"Seeds: {seeds} (mean ± sample std over seeds where more than one).\n")
+    print("| version | method | bits | " + " | ".join(m.replace("recall", "Recall").replace("ndcg", "NDCG")
+                                                  for m in METRICS) + " | R@20 / fp32 | embedding bytes | x smaller |")
+    print("|---|---|---:|" + "---:|" * (len(METRICS) + 3))
+    for version in runs[0]:
+        found = [r[version] for r in runs if version in r]
+        first = found[0]
+        cells = [_cell([m["metrics"]["test"][k] for m in found]) for k in METRICS]
+        ratio = _cell([r[version]["metrics"]["test"]["recall@20"] / r["fp32"]["metrics"]["test"]["recall@20"]
+                       for r in runs if version in r and "fp32" in r])
+        sizes = first["sizes"]
+        print(f"| {version} | {first['method']} | {first['bits'] or 32} | " + " | ".join(cells)
+              + f" | {ratio} | {sizes['embedding_bytes']:,} | {sizes['compression_ratio']:.1f} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

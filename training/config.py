@@ -19,37 +19,39 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = "ml-100k"
-    data_dir: str | None = None
-    split: Literal["auto", "random", "temporal"] = "auto"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    data_dir: str | None = Field(None, description="directory of the named datasets (else $GNAQ_DATA_DIR)")
+    split: Literal["auto", "random", "temporal"] = Field(
+        "auto", description="auto: official train/test where the dataset has one, else per-user random")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="per-user test share of random/temporal splits")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="per-user share of train held out for selection")
     method: Literal["fp32", "gnaq", "ptq"] = "gnaq"
-    bits: int = 2
-    dim: int = Field(64, ge=1)
-    layers: int = Field(3, ge=0)
+    bits: int = Field(2, description="bits per embedding value: 1-8")
+    dim: int = Field(64, ge=1, description="embedding dimension d")
+    layers: int = Field(3, ge=0, description="LightGCN propagation layers L")
     epochs: int = Field(400, ge=1, description="max epochs of the full-precision stage")
-    lr: float = Field(5e-3, gt=0)
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate of the fp32 stage")
     qat_epochs: int = Field(150, ge=1, description="max epochs of the GNAQ stage")
-    qat_lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(2048, ge=1)
-    l2: float = Field(1e-4, ge=0)
+    qat_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the GNAQ stage")
+    batch_size: int = Field(2048, ge=1, description="BPR triples per step")
+    l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
     eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
     qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the GNAQ stage")
-    ks: list[int] = Field(default_factory=lambda: [10, 20])
-    seed: int = 0
-    device: str = "cpu"
-    ptq_granularity: Literal["node", "tensor"] = "node"
+    ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "
+                          "the largest selects checkpoints")
+    seed: int = Field(0, description="fixes split, validation carve, initialisation and negatives")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    ptq_granularity: Literal["node", "tensor"] = Field("node", description="--method ptq: grid per node or per table")
     node_aware: bool = True
     dynamic: bool = True
     estimator: Literal["graph", "ste"] = "graph"
-    eta: float = Field(0.5, ge=0)
-    equalize: bool = True
-    clip: float = Field(0.8, gt=0)
+    eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
+    equalize: bool = Field(True, description="shared per-dimension scale before per-node grids")
+    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
     model_dir: str | None = None
     publish: bool = True
-    version: str | None = None
-    progress: bool = True
+    version: str | None = Field(None, description="version directory name (default: UTC timestamp)")
+    progress: bool = Field(True, description="progress bars")
 
     @field_validator("bits")
     @classmethod

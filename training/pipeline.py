@@ -79,10 +79,11 @@ def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Tabl
     codes = encoded.codes.cpu().numpy()
     scale, offset = encoded.scale.cpu().numpy(), encoded.offset.cpu().numpy()
     dim_scale = None if encoded.dim_scale is None else encoded.dim_scale.cpu().numpy()
-    per_node = len(scale) == len(codes)
-    rows = (slice(0, n_users), slice(n_users, None)) if per_node else (slice(0, 1), slice(1, 2))
-    return tuple(QuantizedTable(codes[side], scale[r], offset[r], model.quantizer.bits, dim_scale)
-                 for side, r in zip((slice(0, n_users), slice(n_users, None)), rows, strict=True))
+    sides = (slice(0, n_users), slice(n_users, None))
+    params = sides if len(scale) == len(codes) else (slice(0, 1), slice(1, 2))  # per node, or (users, items)
+    user, item = (QuantizedTable(codes[side], scale[p], offset[p], model.quantizer.bits, dim_scale)
+                  for side, p in zip(sides, params, strict=True))
+    return user, item
 
 
 def table_vectors(table: Table) -> np.ndarray:
