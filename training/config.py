@@ -31,7 +31,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(400, ge=1, description="max epochs of the full-precision stage")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate of the fp32 stage")
     qat_epochs: int = Field(150, ge=1, description="max epochs of the GNAQ stage")
-    qat_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the GNAQ stage")
+    qat_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GNAQ stage")
     batch_size: int = Field(2048, ge=1, description="BPR triples per step")
     l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
