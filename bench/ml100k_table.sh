@@ -8,11 +8,17 @@ cd "$(dirname "$0")/.."
 SEED=${SEED:-0}
 MODEL_DIR=${MODEL_DIR:-runs/ml100k-seed$SEED}
 common=(--dataset ml-100k --dim 64 --layers 3 --seed "$SEED" --model-dir "$MODEL_DIR" --no-publish --no-progress)
-run() { echo "== gnaq train ${common[*]} $*"; .venv/bin/gnaq train "${common[@]}" "$@" 2>&1 | grep -E "^(test|size|artifact)"; }
-run --method fp32 --version fp32
-run --method ptq --bits 2 --ptq-granularity tensor --version ptq-tensor-2bit
-for bits in 2 1 4; do run --method ptq --bits "$bits" --ptq-granularity node --version "ptq-node-${bits}bit"; done
-for bits in 2 1 4; do run --method gnaq --bits "$bits" --version "gnaq-${bits}bit"; done
-run --method gnaq --bits 2 --no-node-aware --version gnaq-2bit-no-node-aware
-run --method gnaq --bits 2 --no-dynamic --version gnaq-2bit-no-dynamic
-run --method gnaq --bits 2 --estimator ste --version gnaq-2bit-ste
+# run VERSION FLAGS...: one training run; a version that already exists is kept (reruns resume).
+run() {
+  local version=$1; shift
+  if [[ -d "$MODEL_DIR/$version" ]]; then echo "== $version exists, kept"; return; fi
+  echo "== gnaq train ${common[*]} --version $version $*"
+  .venv/bin/gnaq train "${common[@]}" --version "$version" "$@" 2>&1 | grep -E "^(test|size|artifact|gnaq: error)"
+}
+run fp32 --method fp32
+run ptq-tensor-2bit --method ptq --bits 2 --ptq-granularity tensor
+for bits in 2 1 4; do run "ptq-node-${bits}bit" --method ptq --bits "$bits" --ptq-granularity node; done
+for bits in 2 1 4; do run "gnaq-${bits}bit" --method gnaq --bits "$bits"; done
+run gnaq-2bit-no-node-aware --method gnaq --bits 2 --no-node-aware
+run gnaq-2bit-no-dynamic --method gnaq --bits 2 --no-dynamic
+run gnaq-2bit-ste --method gnaq --bits 2 --estimator ste

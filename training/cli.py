@@ -77,7 +77,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"method {manifest['method']}" + (f", {manifest['bits']} bits" if manifest["bits"] else "")
           + f", d={manifest['dim']}, L={manifest['layers']}, dataset {manifest['dataset']['name']} "
           f"({manifest['dataset']['split']}), seed {manifest['seed']}")
-    print("test:  " + "  ".join(f"{k} {v:.4f}" for k, v in manifest["metrics"]["test"].items()))
+    test = manifest["metrics"]["test"]
+    print("test:  " + "  ".join(f"{m}@{k} {test[f'{m}@{k}']:.4f}" for k in config.ks for m in ("recall", "ndcg")))
     print(f"size:  embeddings {sizes['embedding_bytes']:,} B vs fp32 table {sizes['fp32_embedding_bytes']:,} B "
           f"= {sizes['compression_ratio']:.1f}x smaller; whole artifact {sizes['artifact_bytes']:,} B")
     return 0
