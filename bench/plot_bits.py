@@ -1,6 +1,6 @@
 """Recall@20 against bits per value for GNAQ and per-node PTQ, with the fp32 model as a line.
 
-Usage: python bench/plot_bits.py MODEL_DIR OUT.png   (MODEL_DIR as filled by bench/ml100k_table.sh)
+Usage: python bench/plot_bits.py MODEL_DIR OUT.png   (MODEL_DIR as filled by bench/table_runs.sh)
 """
 
 from __future__ import annotations

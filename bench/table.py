@@ -1,6 +1,6 @@
 """Markdown table of the artifacts under one or more model dirs (one per seed): test metrics as mean ± std.
 
-Usage: python bench/table.py runs/ml100k-seed0 [runs/ml100k-seed1 ...]
+Usage: python bench/table.py runs/ml-100k-seed0 [runs/ml-100k-seed1 ...]
 Versions are matched by name across dirs; "R@20 / fp32" divides by the fp32 version of the same dir.
 """
 

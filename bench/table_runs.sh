@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The acceptance table on MovieLens-100K (per-user random 80/20, d=64, L=3), for one seed (SEED, default 0):
-# the seed fixes the split, the validation carve, the initialisation and the negative samples.
+# The benchmark table (fp32, PTQ, GNAQ at 1/2/4 bits, GNAQ ablations) for one dataset (DATASET, default
+# ml-100k: per-user random 80/20) and one seed (SEED, default 0), d=64, L=3. The seed fixes the split (where
+# the dataset has no official one), the validation carve, the initialisation and the negative samples.
 # All runs of a seed share one fp32 warm start (cached in $MODEL_DIR/.cache).
-# Then: python bench/table.py runs/ml100k-seed0 [runs/ml100k-seed1 ...]  (mean and std over seeds)
+# Then: python bench/table.py runs/ml-100k-seed0 [runs/ml-100k-seed1 ...]  (mean and std over seeds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${SEED:-0}
-MODEL_DIR=${MODEL_DIR:-runs/ml100k-seed$SEED}
-common=(--dataset ml-100k --dim 64 --layers 3 --seed "$SEED" --model-dir "$MODEL_DIR" --no-publish --no-progress)
+DATASET=${DATASET:-ml-100k}
+MODEL_DIR=${MODEL_DIR:-runs/$DATASET-seed$SEED}
+common=(--dataset "$DATASET" --dim 64 --layers 3 --seed "$SEED" --model-dir "$MODEL_DIR" --no-publish --no-progress)
 # run VERSION FLAGS...: one training run; a version that already exists is kept (reruns resume).
 run() {
   local version=$1; shift
