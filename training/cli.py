@@ -88,8 +88,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.artifact import read_artifact
     from training.pipeline import evaluate_artifact
 
-    recorded = read_artifact(args.artifact).manifest["metrics"]["test"]
-    metrics = evaluate_artifact(args.artifact, args.dataset, args.data_dir, args.device)
+    artifact = read_artifact(args.artifact)
+    recorded = artifact.manifest["metrics"]["test"]
+    metrics = evaluate_artifact(artifact, args.dataset, args.data_dir, args.device)
     for name, value in metrics.items():
         print(f"{name:10s} {value:.6f}  (recorded {recorded.get(name, float('nan')):.6f})")
     return 0 if all(abs(v - recorded.get(k, float("inf"))) < 1e-6 for k, v in metrics.items()) else 1

@@ -223,24 +223,24 @@ def run_training(config: TrainConfig) -> TrainResult:
                           publish=config.publish,
                           extra_files={"history.json": history_json,
                                        "training_curve.png": training_curve_png(history, config.selection_metric)})
+    # Read back from disk: the manifest returned is the written one, with every checksum verified.
     return TrainResult(path, read_artifact(path).manifest)
 
 
-def evaluate_artifact(path: Path, dataset: str | None = None, data_dir: str | None = None,
+def evaluate_artifact(artifact: ModelArtifact, dataset: str | None = None, data_dir: str | None = None,
                       device: str = "cpu") -> dict[str, float]:
-    """Recompute the test metrics of a stored artifact from its own tables and the dataset's test split.
+    """Recompute the test metrics of a loaded artifact from its own tables and the dataset's test split.
 
-    The dataset is reloaded with the split recorded in the manifest; a different fingerprint means
-    other data than the model was trained on, which is an error rather than a silent mismatch.
+    The dataset is reloaded with the split settings recorded in the manifest; a different fingerprint
+    means other data than the model was trained on, which is an error rather than a silent mismatch.
     """
-    artifact = read_artifact(path)
-    record = artifact.manifest["dataset"]
-    data = load_dataset(dataset or record["name"], data_dir=data_dir,
-                        split="auto" if record["split"] == "official" else record["split"].split("-")[0],
-                        test_fraction=record["test_fraction"], seed=record["seed"])
+    config, record = artifact.manifest["config"], artifact.manifest["dataset"]
+    name = dataset or record["name"]
+    data = load_dataset(name, data_dir=data_dir, split=config["split"], test_fraction=config["test_fraction"],
+                        seed=config["seed"])
     if data.fingerprint() != record["fingerprint"]:
-        raise ValueError(f"dataset {dataset or record['name']!r} is not the data this model was trained on "
+        raise ValueError(f"dataset {name!r} is not the data this model was trained on "
                          f"(fingerprint {data.fingerprint()[:12]} != {record['fingerprint'][:12]})")
     exclude = pairs_to_csr(artifact.train_pairs, data.n_users, data.n_items)
     return rank_tables(artifact.user, artifact.item, exclude, pairs_to_csr(data.test, data.n_users, data.n_items),
-                       artifact.manifest["config"]["ks"], torch.device(device))
+                       config["ks"], torch.device(device))
