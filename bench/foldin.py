@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from model.foldin import requantize_user
+from model.foldin import FoldIn
 from training.artifact import read_artifact
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
@@ -28,16 +28,14 @@ def main(path: str) -> None:
     n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
     seen = pairs_to_csr(artifact.train_pairs, n_users, n_items)
     started = time.perf_counter()
-    folded = np.stack([
-        requantize_user(items, artifact.arrays["item_degree"], seen[u].indices, bits=manifest["bits"],
-                        clip=manifest["quantizer"]["clip"], dim_scale=artifact.item.dim_scale).dequantize()[0]
-        for u in range(n_users)])
+    foldin = FoldIn.from_artifact(artifact)
+    folded = np.stack([foldin.user(seen[u].indices).dequantize()[0] for u in range(n_users)])
     per_user_ms = 1000 * (time.perf_counter() - started) / n_users
     relevant = pairs_to_csr(data.test, n_users, n_items)
     for name, users in (("trained user codes", artifact.user.dequantize()), ("folded-in + requantized", folded)):
         metrics = evaluate_ranking(torch.from_numpy(users), torch.from_numpy(items), seen, relevant)
         print(f"{name:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    print(f"requantize_user: {per_user_ms:.3f} ms per user (mean over {n_users})")
+    print(f"FoldIn.user: {per_user_ms:.3f} ms per user (mean over {n_users})")
 
 
 if __name__ == "__main__":

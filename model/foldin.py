@@ -2,13 +2,18 @@
 
 A new (or changed) user's LightGCN view is the degree-normalised sum of the vectors of the items it
 interacted with: ``z_u ∝ sum_i x_i / sqrt(|I_u| * d_i)`` (the first propagation hop; only the direction
-matters for ranking that user's items). The vector is then quantized the way GNAQ initialises every node:
-a grid fitted to the node's own mean and spread (docs/method.md, (a)), with the model's per-dimension
-scale, bit width and clip. Only the served item table, the item degrees and the quantizer settings are
-needed, and all of them are in the artifact.
+matters for ranking that user's items). The vector is then quantized node-aware, the way GNAQ sets
+every node's grid (docs/method.md): a grid fitted to the node's own mean and spread (a), corrected by
+the refined parameters of its neighbours (b): a new node has no learned ``theta`` of its own, so its
+layer mean ``1/(L+1) sum_k P^k theta`` is ``L/(L+1)`` times the mean of its items' refined ``theta``.
+Only the served item table, the item degrees, the items' refined ``theta`` and the quantizer settings
+are needed, and all of them are in the artifact.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,18 +33,59 @@ def fold_in(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray
     return (weights[:, None] * item_vectors[items]).sum(axis=0).astype(np.float32)
 
 
-def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndarray | None) -> QuantizedTable:
-    """One-row ``QuantizedTable`` for ``vector``, with a grid initialised from its own distribution."""
+def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndarray | None,
+               theta: np.ndarray | None = None) -> QuantizedTable:
+    """One-row ``QuantizedTable`` for ``vector``: a grid from its own distribution, shifted by ``theta``.
+
+    ``theta = (rho, delta)`` scales the step by ``exp(rho)`` and moves the centre by ``delta`` node
+    standard deviations, as ``GNAQQuantizer.node_parameters`` does; ``None`` means no correction.
+    """
     x = torch.from_numpy(np.asarray(vector, dtype=np.float32)).reshape(1, -1)
     g16 = None if dim_scale is None else np.asarray(dim_scale, dtype=np.float16)
     if g16 is not None:
         x = x / torch.from_numpy(g16.astype(np.float32))
     mean, std = x.mean(dim=1, keepdim=True), x.std(dim=1, unbiased=False, keepdim=True)
+    if theta is not None:
+        rho, delta = (float(t) for t in np.asarray(theta, dtype=np.float32))
+        mean, std = mean + std.clamp_min(1e-8) * delta, std * float(np.exp(rho))
     codes, scale16, offset16 = encode_stored(x, *gaussian_grid(mean, std, bits, clip), bits)
     return QuantizedTable(codes.numpy(), scale16.reshape(1).numpy(), offset16.reshape(1).numpy(), bits, g16)
 
 
-def requantize_user(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray, *, bits: int,
-                    clip: float, dim_scale: np.ndarray | None) -> QuantizedTable:
-    """Fold a user in from ``items`` and quantize it: the codes the service stores for that user."""
-    return requantize(fold_in(item_vectors, item_degree, items), bits=bits, clip=clip, dim_scale=dim_scale)
+@dataclass(frozen=True, eq=False)
+class FoldIn:
+    """Everything needed to (re)build one user's served vector from its item interactions."""
+
+    item_vectors: np.ndarray
+    item_degree: np.ndarray
+    bits: int | None = None  # None: a full-precision model, the user vector stays float32
+    clip: float = 0.8
+    dim_scale: np.ndarray | None = None
+    item_theta: np.ndarray | None = None  # (n_items, 2) refined (rho, delta) of GNAQ, if stored
+    layers: int = 0
+
+    @classmethod
+    def from_artifact(cls, artifact: Any) -> FoldIn:
+        """From a ``training.artifact.ModelArtifact`` (decoded item table, degrees, quantizer settings)."""
+        item, manifest = artifact.item, artifact.manifest
+        if isinstance(item, np.ndarray):
+            return cls(item, artifact.arrays["item_degree"])
+        quantizer = manifest.get("quantizer") or {}
+        return cls(item.dequantize(), artifact.arrays["item_degree"], bits=int(item.bits),
+                   clip=float(quantizer.get("clip", 1.0)), dim_scale=item.dim_scale,
+                   item_theta=artifact.arrays.get("item_theta"), layers=int(manifest.get("layers", 0)))
+
+    def neighbour_theta(self, items: np.ndarray) -> np.ndarray | None:
+        """A new node's refined ``theta``: ``L/(L+1)`` times the mean refined ``theta`` of its items."""
+        if self.item_theta is None:
+            return None
+        mean = self.item_theta[np.unique(items)].astype(np.float32).mean(axis=0)
+        return mean * self.layers / (self.layers + 1)
+
+    def user(self, items: np.ndarray) -> QuantizedTable | np.ndarray:
+        """The user's stored form: a one-row ``QuantizedTable``, or a ``(1, d)`` float32 row for fp32."""
+        vector = fold_in(self.item_vectors, self.item_degree, items)
+        if self.bits is None:
+            return vector.reshape(1, -1)
+        return requantize(vector, bits=self.bits, clip=self.clip, dim_scale=self.dim_scale,
+                          theta=self.neighbour_theta(items))

@@ -208,6 +208,11 @@ class GNAQQuantizer(EmbeddingQuantizer):
         return total / (self.layers + 1)
 
     @torch.no_grad()
+    def refined_theta(self, n_nodes: int) -> Tensor:
+        """Per-node ``(rho, delta)`` after message passing; stored for folding in new nodes."""
+        return self._refined_theta(n_nodes)
+
+    @torch.no_grad()
     def initialize(self, z: Tensor) -> None:
         """Start from the node's own value distribution of the warm-start embeddings ``z``."""
         self.theta.zero_()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.foldin import fold_in, requantize, requantize_user
+from model.foldin import FoldIn, fold_in, requantize
 from training.artifact import read_artifact
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
@@ -12,14 +12,12 @@ from training.evaluate import evaluate_ranking, pairs_to_csr
 
 def test_folded_in_users_rank_their_held_out_items(trained):
     artifact = read_artifact(trained)
-    manifest, items = artifact.manifest, artifact.item.dequantize()
+    items, foldin = artifact.item.dequantize(), FoldIn.from_artifact(artifact)
     data = load_dataset("ml-100k")
     n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
     seen = pairs_to_csr(artifact.train_pairs, n_users, n_items)
-    folded = np.stack([
-        requantize_user(items, artifact.arrays["item_degree"], seen[u].indices, bits=manifest["bits"],
-                        clip=manifest["quantizer"]["clip"], dim_scale=artifact.item.dim_scale).dequantize()[0]
-        for u in range(n_users)])
+    assert foldin.item_theta is not None and foldin.bits == artifact.manifest["bits"]
+    folded = np.stack([foldin.user(seen[u].indices).dequantize()[0] for u in range(n_users)])
     relevant = pairs_to_csr(data.test, n_users, n_items)
     served = evaluate_ranking(torch.from_numpy(artifact.user.dequantize()), torch.from_numpy(items), seen, relevant)
     refolded = evaluate_ranking(torch.from_numpy(folded), torch.from_numpy(items), seen, relevant)
@@ -33,6 +31,22 @@ def test_requantized_node_uses_the_models_grid():
     table = requantize(vector, bits=2, clip=0.8, dim_scale=np.full(16, 2.0, dtype=np.float16))
     assert table.codes.shape == (1, 16) and table.codes.max() <= 3 and table.scale.dtype == np.float16
     assert np.corrcoef(table.dequantize()[0], vector)[0, 1] > 0.9
+
+
+def test_neighbour_theta_moves_the_grid_like_training_does():
+    vector = np.linspace(-1, 1, 16).astype(np.float32)
+    plain = requantize(vector, bits=2, clip=0.8, dim_scale=None)
+    wider = requantize(vector, bits=2, clip=0.8, dim_scale=None, theta=np.array([np.log(2.0), 0.0]))
+    assert float(wider.scale[0]) == pytest.approx(2 * float(plain.scale[0]), rel=1e-3)
+    foldin = FoldIn(np.eye(3, 16, dtype=np.float32), np.ones(3), bits=2,
+                    item_theta=np.array([[0.3, 0.0], [0.1, 0.2], [9, 9]], np.float16), layers=3)
+    assert foldin.neighbour_theta(np.array([0, 1, 1])) == pytest.approx([0.15, 0.075], rel=1e-3)
+
+
+def test_full_precision_models_fold_in_to_float_rows():
+    foldin = FoldIn(np.eye(3, 4, dtype=np.float32), np.array([1.0, 4.0, 1.0]))
+    row = foldin.user(np.array([1]))
+    assert row.dtype == np.float32 and row.shape == (1, 4) and row[0, 1] == pytest.approx(0.5)
 
 
 def test_fold_in_needs_known_items():

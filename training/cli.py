@@ -1,4 +1,4 @@
-"""``gnaq`` command line: train, evaluate an artifact, dataset statistics."""
+"""``gnaq`` command line: train, evaluate an artifact, dataset statistics, serve recommendations."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     stats = data_commands.add_parser("stats", help="users, items, interactions, density")
     stats.add_argument("dataset")
     stats.add_argument("--data-dir")
+    serve = commands.add_parser("serve", help="serve <model dir>/CURRENT over HTTP (settings: GNAQ_* environment)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (each loads the model)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
 
@@ -103,11 +109,27 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from training.artifact import resolve_version
+
+    if args.model_dir is not None:
+        os.environ["GNAQ_MODEL_DIR"] = str(args.model_dir)  # read by the workers' settings
+    model_dir = Path(os.environ.get("GNAQ_MODEL_DIR", "models"))
+    print(f"serving {resolve_version(model_dir)} on http://{args.host}:{args.port} (docs at /docs)")
+    uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gnaq`` console script; errors become one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "evaluate": _evaluate, "data": _stats}[args.command]
+    handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve}[args.command]
     try:
         return handler(args)
     except ValidationError as error:

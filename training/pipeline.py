@@ -215,10 +215,14 @@ def run_training(config: TrainConfig) -> TrainResult:
                      "device": str(ws.device), "torch": torch.__version__},
         "config": config.model_dump(),
     }
+    arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:]}
+    if isinstance(model.quantizer, GNAQQuantizer) and model.quantizer.per_node and model.quantizer.dynamic:
+        theta = model.quantizer.refined_theta(data.n_users + data.n_items)[data.n_users:]
+        arrays["item_theta"] = theta.cpu().numpy().astype(np.float16)  # for folding in new users
     history_json = json.dumps([asdict(r) for r in history], indent=1).encode()
     artifact = ModelArtifact(manifest=manifest, user=user, item=item, user_ids=data.user_ids,
                              item_ids=data.item_ids, train_pairs=data.train,
-                             arrays={"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:]})
+                             arrays=arrays)
     path = write_artifact(config.resolved_model_dir(), artifact, version=config.version,
                           publish=config.publish,
                           extra_files={"history.json": history_json,
