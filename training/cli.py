@@ -16,7 +16,8 @@ from training.config import TrainConfig, read_config_file
 
 _HELP = {
     "dataset": "ml-100k (embedded default), gowalla, movielens1m, lastfm, or a path",
-    "method": "fp32 LightGCN, post-training uniform quantization (ptq) or GNAQ",
+    "method": "fp32 LightGCN, post-training uniform quantization (ptq), GNAQ, or a quantization-aware "
+              "baseline: LSQ, N2UQ-style, BiGeaR-style (1-bit, per layer)",
     "node_aware": "GNAQ (a): per-node parameters (--no-node-aware: one per table)",
     "dynamic": "GNAQ (b): parameters refined by message passing and learned (--no-dynamic: fixed)",
     "estimator": "GNAQ (c): graph relation-aware gradient estimator or the plain STE",

@@ -1,0 +1,56 @@
+"""Dependencies injected per request: settings, the recommender, API-key checks, validated ``k``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.core.config import Settings
+from service.core.problems import Problem
+from service.core.security import HEADER, check_api_key
+from service.engine.recommender import Recommender
+from service.engine.registry import ModelRegistry
+
+_api_key_header = APIKeyHeader(name=HEADER, auto_error=False, description="one of GNAQ_API_KEYS")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_recommender(request: Request) -> Recommender:
+    return request.app.state.recommender
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Writes and admin calls: a valid ``X-API-Key`` or 401."""
+    check_api_key(key, settings.api_keys)
+
+
+def read_access(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Reads: open unless ``GNAQ_OPEN_READS=false``."""
+    if not settings.open_reads:
+        check_api_key(key, settings.api_keys)
+
+
+def top_k(settings: SettingsDep,
+          k: Annotated[int, Query(ge=1, description="how many items (1 to GNAQ_MAX_K)")] = 10) -> int:
+    if k > settings.max_k:
+        raise Problem(422, "validation-error", f"query.k: must be at most {settings.max_k}",
+                      errors=[{"location": "query.k", "message": f"must be at most {settings.max_k}",
+                               "type": "less_than_equal"}])
+    return k
+
+
+K = Annotated[int, Depends(top_k)]

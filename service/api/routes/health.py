@@ -1,0 +1,33 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import RecommenderDep, RegistryDep
+from service.api.schemas import Liveness, Readiness, StoreHealth
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Liveness)
+async def healthz() -> Liveness:
+    """The process answers (checks nothing external)."""
+    return Liveness()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"description": "no model loaded yet"}})
+async def readyz(registry: RegistryDep, recommender: RecommenderDep) -> Readiness:
+    """Ready once a model is loaded; the store is reported ``degraded`` (not fatal) when it does not answer."""
+    model = registry.model  # NoModelLoaded -> 503
+    store = recommender.store
+    status = "ok" if await store.ping() else "degraded"
+    return Readiness(model_version=model.version, index=model.index.kind,
+                     store=StoreHealth(backend=store.backend, status=status))
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

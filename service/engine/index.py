@@ -1,0 +1,131 @@
+"""Item indexes the service searches: exact inner product over every item, seen items excluded inside.
+
+Two interchangeable kinds (``GNAQ_INDEX``), with the same ranking:
+
+* ``float``: FAISS ``IndexIDMap2(IndexFlatIP)`` over the dequantized item vectors. Memory per item:
+  ``4 d`` bytes of vector + 8 bytes of id + about 16 bytes for IDMap2's reverse map (d=64: ~280 B).
+* ``codes``: scores straight from the item codes with per-query lookup tables (asymmetric distance
+  computation, as product quantization does): the ``m = 8 // bits`` codes of consecutive dimensions
+  form one byte-sized key, so ``q . c_i = sum_j LUT_j[key_ij]`` and
+  ``x_u . x_i = o_i sum(q) + s_i (q . c_i)`` with ``q = x_u * dim_scale``, accumulated in float64.
+  Memory per item: ``ceil(d / m)`` key bytes + 4 bytes of float16 scale and offset (2 bits, d=64:
+  20 B), and a lookup table of ``ceil(d / m) x 256`` floats per query.
+
+Both exclude items by id during the search (a FAISS ``IDSelector``, or ``-inf`` before selection)
+rather than over-fetching and filtering.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from model.quantized_table import QuantizedTable
+
+Table = QuantizedTable | np.ndarray
+
+
+class ItemIndex(Protocol):
+    """What the recommender needs from an index."""
+
+    kind: str
+    n_items: int
+
+    def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item rows by inner product with ``query`` (d,), skipping rows in ``exclude``."""
+        ...
+
+    def bytes_per_item(self) -> float:
+        """Resident bytes per item of the index structures."""
+        ...
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``k`` largest finite scores, best first (ties by row id, as FAISS breaks them)."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    part = np.argpartition(-scores, k - 1)[:k]
+    order = np.lexsort((part, -scores[part]))
+    rows = part[order]
+    return rows.astype(np.int64), scores[rows].astype(np.float32)
+
+
+class FloatIndex:
+    """FAISS exact inner-product index over the dequantized item vectors, ids = item rows."""
+
+    kind = "float"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.n_items, self.dim = vectors.shape
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        self._index.add_with_ids(vectors, np.arange(self.n_items, dtype=np.int64))
+
+    def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.n_items - len(np.unique(exclude)))
+        if k <= 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        params = None
+        if len(exclude):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
+            params = faiss.SearchParameters(sel=selector)
+        scores, rows = self._index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k, params=params)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep]
+
+    def bytes_per_item(self) -> float:
+        return 4 * self.dim + 8 + 16
+
+
+class CodeIndex:
+    """Lookup-table scoring from the item codes and their per-node (or per-table) scale and offset."""
+
+    kind = "codes"
+
+    def __init__(self, table: QuantizedTable) -> None:
+        if not isinstance(table, QuantizedTable):
+            raise TypeError("the codes index needs a quantized item table (use GNAQ_INDEX=float for fp32 models)")
+        bits, (self.n_items, self.dim) = int(table.bits), table.codes.shape
+        self._per_key = 8 // bits  # dimensions whose codes share one byte-sized key
+        self._n_keys = -(-self.dim // self._per_key)
+        padded = np.zeros((self.n_items, self._n_keys * self._per_key), dtype=np.uint16)
+        padded[:, :self.dim] = table.codes
+        shifts = bits * np.arange(self._per_key - 1, -1, -1, dtype=np.uint16)
+        keys = (padded.reshape(self.n_items, self._n_keys, self._per_key) << shifts).sum(axis=2)
+        self._keys = np.ascontiguousarray(keys.T.astype(np.uint8))  # (n_keys, n_items): one row per table
+        digits = (np.arange(256)[:, None] >> shifts.astype(np.int64)) & ((1 << bits) - 1)
+        self._digits = digits.T.astype(np.float64)  # (per_key, 256): the code of each dim in each key
+        self._scale, self._offset = table.scale, table.offset  # float16, widened exactly when scoring
+        self._dim_scale = None if table.dim_scale is None else table.dim_scale.astype(np.float64)
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """float64 inner products of ``query`` with every decoded item vector."""
+        q = np.asarray(query, dtype=np.float64)
+        if self._dim_scale is not None:
+            q = q * self._dim_scale
+        padded = np.zeros(self._n_keys * self._per_key)
+        padded[:self.dim] = q
+        lut = padded.reshape(self._n_keys, self._per_key) @ self._digits  # (n_keys, 256)
+        dot = np.zeros(self.n_items)
+        for table, keys in zip(lut, self._keys, strict=True):
+            dot += table[keys]
+        return np.multiply(self._offset, q.sum(), dtype=np.float64) + np.multiply(self._scale, dot, dtype=np.float64)
+
+    def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(query)
+        scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        return _top_k(scores, k)
+
+    def bytes_per_item(self) -> float:
+        return self._n_keys + (self._scale.nbytes + self._offset.nbytes) / self.n_items
+
+
+def build_index(kind: str, items: Table) -> ItemIndex:
+    """The configured index over an artifact's item table (``codes`` needs a quantized table)."""
+    if kind == "codes":
+        return CodeIndex(items)
+    vectors = items if isinstance(items, np.ndarray) else items.dequantize()
+    return FloatIndex(vectors)

@@ -1,0 +1,88 @@
+"""One loaded model version, ready to answer queries: artifact tables, id maps, seen items, index."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.foldin import FoldIn
+from model.quantized_table import QuantizedTable
+from service.engine.index import ItemIndex, build_index
+from training.artifact import ArtifactError, read_artifact
+
+log = logging.getLogger(__name__)
+Table = QuantizedTable | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """Immutable: a reload builds a new one and swaps the reference, so a request sees one version."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    users: dict[str, int]
+    item_ids: list[str]
+    items: dict[str, int]
+    user_table: Table
+    train_indptr: np.ndarray
+    train_items: np.ndarray
+    foldin: FoldIn
+    index: ItemIndex
+
+    @classmethod
+    def load(cls, path: Path, index_kind: str) -> ServedModel:
+        """Read and verify a version directory (checksums), build the index, and run a smoke query."""
+        started = time.perf_counter()
+        artifact = read_artifact(path)
+        manifest = artifact.manifest
+        kind = index_kind
+        if kind == "codes" and not isinstance(artifact.item, QuantizedTable):
+            log.warning("version %s is full precision: serving it from the float index", manifest["version"])
+            kind = "float"
+        pairs = artifact.train_pairs
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+        indptr = np.zeros(len(artifact.user_ids) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[:, 0], minlength=len(artifact.user_ids)), out=indptr[1:])
+        model = cls(version=manifest["version"], path=Path(path), manifest=manifest,
+                    users={u: i for i, u in enumerate(artifact.user_ids)}, item_ids=list(artifact.item_ids),
+                    items={v: i for i, v in enumerate(artifact.item_ids)}, user_table=artifact.user,
+                    train_indptr=indptr, train_items=pairs[order, 1].astype(np.int64),
+                    foldin=FoldIn.from_artifact(artifact), index=build_index(kind, artifact.item))
+        model.smoke_test()
+        log.info("loaded model %s (%s, %s index, %d users, %d items) in %.2f s", model.version, manifest.get("method"),
+                 kind, len(model.users), len(model.item_ids), time.perf_counter() - started)
+        return model
+
+    def smoke_test(self) -> None:
+        """Refuse a model whose vectors are not finite or whose index cannot answer a query."""
+        vector = self.user_vector(0)
+        rows, scores = self.index.search(vector, 5, self.trained_items(0))
+        if not np.isfinite(vector).all() or len(rows) == 0 or not np.isfinite(scores).all():
+            raise ArtifactError(f"model {self.version} failed its smoke query (non-finite vectors or no results)")
+
+    @property
+    def dim(self) -> int:
+        return int(self.user_table.shape[1]) if isinstance(self.user_table, np.ndarray) else self.user_table.dim
+
+    def user_vector(self, row: int) -> np.ndarray:
+        """The served (decoded) vector of a user the model was trained with."""
+        if isinstance(self.user_table, np.ndarray):
+            return self.user_table[row]
+        return self.user_table.dequantize(np.array([row]))[0]
+
+    def trained_items(self, row: int) -> np.ndarray:
+        """Item rows a trained user interacted with in the training data (always excluded)."""
+        return self.train_items[self.train_indptr[row]:self.train_indptr[row + 1]]
+
+    def item_rows(self, item_ids: list[str] | set[str]) -> np.ndarray:
+        """Rows of the given item ids this model knows (unknown ones are skipped)."""
+        return np.array([self.items[i] for i in item_ids if i in self.items], dtype=np.int64)
+
+    def item_vector(self, row: int) -> np.ndarray:
+        return self.foldin.item_vectors(np.array([row]))[0]

@@ -1,0 +1,206 @@
+"""Recommendations and interactions: the cache-aside read path and the requantizing write path.
+
+Read (``GET /recommend``): one store round trip returns the user's generation and the body cached
+under (model version, generation, k). On a miss the user's vector is the trained one, or, once the
+user posted interactions, the codes requantized for that generation (recomputed here if missing);
+training and posted items are excluded inside the index search. Concurrent misses on one key share
+one computation (per process). If the store is down the model alone answers, uncached.
+
+Write (``POST /interactions``): items are checked against the model first (nothing is applied if
+one is unknown), then the store logs the events and bumps the users' generations atomically, and
+each user's vector is recomputed by the model's propagation rule and requantized node-aware
+(``model.foldin``); the new codes are stored under the new generation for every replica to use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.packing import pack_codes, unpack_codes
+from model.quantized_table import QuantizedTable
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.engine.model import ServedModel
+from service.engine.registry import ModelRegistry
+from service.store.base import Interaction, Store, StoreUnavailable, UserState
+
+log = logging.getLogger(__name__)
+
+
+class UnknownUser(LookupError):
+    """The user is neither in the model nor has it posted an interaction."""
+
+
+class UnknownItems(LookupError):
+    """Some item ids are not in the served model."""
+
+    def __init__(self, item_ids: list[str]) -> None:
+        super().__init__(", ".join(item_ids))
+        self.item_ids = item_ids
+
+
+@dataclass(frozen=True)
+class UserUpdate:
+    """What a post did to one user."""
+
+    user_id: str
+    generation: int
+    new_user: bool
+    interactions: int
+
+
+def encode_user(table: QuantizedTable | np.ndarray) -> bytes:
+    """Compact bytes of a requantized user row: float16 scale and offset + packed codes, or float32."""
+    if isinstance(table, np.ndarray):
+        return table.astype(np.float32).tobytes()
+    params = np.array([table.scale[0], table.offset[0]], dtype=np.float16).tobytes()
+    return params + pack_codes(table.codes, int(table.bits)).tobytes()
+
+
+def decode_user(model: ServedModel, payload: bytes) -> np.ndarray:
+    """The float32 vector of bytes written by ``encode_user`` for ``model``."""
+    template = model.foldin.item_table
+    if isinstance(template, np.ndarray):
+        return np.frombuffer(payload, dtype=np.float32).copy()
+    params = np.frombuffer(payload[:4], dtype=np.float16)
+    codes = unpack_codes(np.frombuffer(payload[4:], dtype=np.uint8), int(template.bits), (1, model.dim))
+    row = QuantizedTable(codes, params[:1].copy(), params[1:].copy(), int(template.bits), template.dim_scale)
+    return row.dequantize()[0]
+
+
+class Recommender:
+    """The service's use cases over the current model and the store."""
+
+    def __init__(self, registry: ModelRegistry, store: Store, settings: Settings, metrics: Metrics) -> None:
+        self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
+        self._inflight: dict[tuple, asyncio.Future] = {}
+
+    # --- read path --------------------------------------------------------------------------------
+
+    async def recommend(self, user_id: str, k: int) -> tuple[bytes, bool]:
+        """JSON body of the top ``k`` for ``user_id``, and whether it came from the cache."""
+        model = self.registry.model
+        use_cache = self.settings.cache_ttl_seconds > 0
+        try:
+            generation, body = await self.store.read_cached(user_id, model.version, k)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("read_cached").inc()
+            self.metrics.cache_misses.inc()
+            return self._body(model, user_id, *self._search(model, self._trained_only(model, user_id), k), False), False
+        if body is not None and use_cache:
+            self.metrics.cache_hits.inc()
+            return body, True
+        self.metrics.cache_misses.inc()
+        key = (model.version, user_id, generation, k)
+        pending = self._inflight.get(key)
+        if pending is not None:  # someone is computing this exact answer: wait for it
+            return await asyncio.shield(pending), False
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            body = await self._compute(model, user_id, generation, k)
+            future.set_result(body)
+            return body, False
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _compute(self, model: ServedModel, user_id: str, generation: int, k: int) -> bytes:
+        if generation == 0:
+            vector, exclude = self._trained_only(model, user_id)
+        else:
+            vector, exclude = await self._posted_user(model, user_id, generation)
+        rows, scores = self._search(model, (vector, exclude), k)
+        if self.settings.cache_ttl_seconds > 0:
+            ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
+            try:
+                await self.store.write_cached(user_id, model.version, k, generation,
+                                              self._body(model, user_id, rows, scores, True), ttl)
+            except StoreUnavailable:
+                self.metrics.store_errors.labels("write_cached").inc()
+        return self._body(model, user_id, rows, scores, False)
+
+    def _trained_only(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        row = model.users.get(user_id)
+        if row is None:
+            raise UnknownUser(user_id)
+        return model.user_vector(row), model.trained_items(row)
+
+    async def _posted_user(self, model: ServedModel, user_id: str, generation: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vector and excluded items of a user who posted interactions (trained or cold-start)."""
+        try:
+            state, codes = await self.store.load_user(user_id, model.version)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("load_user").inc()
+            return self._trained_only(model, user_id)
+        exclude = self._all_items(model, user_id, state)
+        if len(exclude) == 0:  # posted only items this model does not know
+            return self._trained_only(model, user_id)
+        if codes is not None and codes[0] == state.generation:
+            return decode_user(model, codes[1]), exclude
+        table = model.foldin.user(exclude)
+        try:
+            await self.store.save_user_codes(user_id, model.version, state.generation, encode_user(table))
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("save_user_codes").inc()
+        vector = table[0] if isinstance(table, np.ndarray) else table.dequantize()[0]
+        return vector, exclude
+
+    @staticmethod
+    def _all_items(model: ServedModel, user_id: str, state: UserState) -> np.ndarray:
+        row = model.users.get(user_id)
+        trained = model.trained_items(row) if row is not None else np.empty(0, np.int64)
+        return np.union1d(trained, model.item_rows(state.items))
+
+    def _search(self, model: ServedModel, query: tuple[np.ndarray, np.ndarray], k: int):
+        vector, exclude = query
+        started = time.perf_counter()
+        rows, scores = model.index.search(vector, k, exclude)
+        self.metrics.search.labels(model.index.kind).observe(time.perf_counter() - started)
+        return rows, scores
+
+    @staticmethod
+    def _body(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray, cached: bool) -> bytes:
+        items = [{"item_id": model.item_ids[r], "score": float(s)} for r, s in zip(rows.tolist(), scores, strict=True)]
+        return json.dumps({"user_id": user_id, "model_version": model.version, "items": items,
+                           "cached": cached}, separators=(",", ":")).encode()
+
+    def similar_items(self, item_id: str, k: int) -> tuple[ServedModel, np.ndarray, np.ndarray]:
+        """Items with the highest inner product with ``item_id``'s served vector (itself excluded)."""
+        model = self.registry.model
+        row = model.items.get(item_id)
+        if row is None:
+            raise UnknownItems([item_id])
+        rows, scores = self._search(model, (model.item_vector(row), np.array([row])), k)
+        return model, rows, scores
+
+    # --- write path -------------------------------------------------------------------------------
+
+    async def record(self, events: list[Interaction]) -> tuple[str, list[UserUpdate]]:
+        """Log ``events`` and requantize their users; ``(model version, per-user updates)``."""
+        model = self.registry.model
+        unknown = sorted({e.item_id for e in events} - model.items.keys())
+        if unknown:
+            raise UnknownItems(unknown)
+        states = await self.store.record(events)  # StoreUnavailable: nothing was accepted
+        self.metrics.interactions.inc(len(events))
+        updates = []
+        for user_id, state in states.items():
+            table = model.foldin.user(self._all_items(model, user_id, state))
+            try:
+                await self.store.save_user_codes(user_id, model.version, state.generation, encode_user(table))
+            except StoreUnavailable:  # recorded already; the next read recomputes the codes
+                self.metrics.store_errors.labels("save_user_codes").inc()
+            updates.append(UserUpdate(user_id, state.generation, user_id not in model.users,
+                                      sum(e.user_id == user_id for e in events)))
+        return model.version, updates

@@ -1,0 +1,76 @@
+"""What the service keeps outside the model: the interaction log, per-user state, cached results.
+
+Two implementations with the same contract: Redis (shared by every replica, ``REDIS_URL``) and an
+embedded one (SQLite file + process memory) so a single machine runs without Redis.
+
+Contract:
+* ``record`` appends every event to the durable interaction log (what the nightly retrain reads),
+  adds the items to each user's set of items posted since training and bumps the user's
+  *generation*, all or nothing; it returns each user's new state.
+* A user's generation names the state its cached results and requantized codes were computed from:
+  both are stored under (model version, generation), so neither a model swap nor a new
+  interaction can serve stale results.
+* ``StoreUnavailable`` means the backing store did not answer in time; reads then degrade to the
+  model alone, writes are refused (nothing accepted is ever lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreUnavailable(RuntimeError):
+    """The backing store (Redis) is down, slow or restarting."""
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One accepted interaction as logged: external ids, event time and arrival time (epoch seconds)."""
+
+    user_id: str
+    item_id: str
+    timestamp: float
+    received_at: float
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A user's generation (0: never posted) and the item ids it posted since the model was trained."""
+
+    generation: int = 0
+    items: frozenset[str] = field(default_factory=frozenset)
+
+
+class Store(Protocol):
+    """Storage used by the recommender; every method may raise ``StoreUnavailable``."""
+
+    backend: str
+
+    async def read_cached(self, user_id: str, version: str, k: int) -> tuple[int, bytes | None]:
+        """``(generation, cached body or None)`` in one round trip."""
+        ...
+
+    async def write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
+                           ttl: float) -> None:
+        """Cache ``body`` for ``ttl`` seconds under the user's generation."""
+        ...
+
+    async def load_user(self, user_id: str, version: str) -> tuple[UserState, tuple[int, bytes] | None]:
+        """The user's state and its stored codes for ``version`` as ``(generation, payload)``."""
+        ...
+
+    async def save_user_codes(self, user_id: str, version: str, generation: int, payload: bytes) -> None:
+        """Store requantized codes computed at ``generation`` (never replacing newer ones)."""
+        ...
+
+    async def record(self, events: list[Interaction]) -> dict[str, UserState]:
+        """Durably log ``events`` and update each user's state atomically; the new states."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the backing store answers now (ignores any back-off)."""
+        ...
+
+    async def close(self) -> None:
+        ...

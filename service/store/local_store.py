@@ -1,0 +1,121 @@
+"""Embedded store for one machine without Redis: SQLite for what must survive, memory for the rest.
+
+The interaction log, the generations and the posted items live in a SQLite file (WAL, synchronous
+FULL: a committed post survives a crash), shared safely by several worker processes on the machine.
+Cached bodies and requantized codes are process memory (bounded LRU), keyed like the Redis ones by
+(version, generation), so they can never be served stale; losing them only costs recomputation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from service.store.base import Interaction, UserState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS interactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+    timestamp REAL NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS user_items (
+    user_id TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (user_id, item_id));
+"""
+
+
+class _LRU:
+    """A bounded mapping with optional expiry per entry."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, key: tuple) -> object | None:
+        entry = self._data.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        self._data.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: tuple, value: object, ttl: float = float("inf")) -> None:
+        self._data[key] = (time.monotonic() + ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._capacity:
+            self._data.popitem(last=False)
+
+
+class LocalStore:
+    """``Store`` in-process (see ``service.store.base`` for the contract)."""
+
+    backend = "embedded"
+
+    def __init__(self, path: Path, *, capacity: int = 100_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._cache, self._codes = _LRU(capacity), _LRU(capacity)
+
+    def _generation(self, user_id: str) -> int:
+        row = self._db.execute("SELECT generation FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _state(self, user_id: str) -> UserState:
+        items = self._db.execute("SELECT item_id FROM user_items WHERE user_id = ?", (user_id,)).fetchall()
+        return UserState(self._generation(user_id), frozenset(i for (i,) in items))
+
+    async def read_cached(self, user_id: str, version: str, k: int) -> tuple[int, bytes | None]:
+        with self._lock:
+            generation = self._generation(user_id)
+        return generation, self._cache.get((user_id, version, generation, k))
+
+    async def write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
+                           ttl: float) -> None:
+        self._cache.put((user_id, version, generation, k), body, ttl)
+
+    async def load_user(self, user_id: str, version: str) -> tuple[UserState, tuple[int, bytes] | None]:
+        with self._lock:
+            state = self._state(user_id)
+        return state, self._codes.get((user_id, version))
+
+    async def save_user_codes(self, user_id: str, version: str, generation: int, payload: bytes) -> None:
+        current = self._codes.get((user_id, version))
+        if current is None or current[0] < generation:
+            self._codes.put((user_id, version), (generation, payload))
+
+    def _record(self, events: list[Interaction]) -> dict[str, UserState]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO interactions (user_id, item_id, timestamp, received_at) VALUES (?, ?, ?, ?)",
+                    [(e.user_id, e.item_id, e.timestamp, e.received_at) for e in events])
+                self._db.executemany("INSERT OR IGNORE INTO user_items VALUES (?, ?)",
+                                     [(e.user_id, e.item_id) for e in events])
+                users = list(dict.fromkeys(e.user_id for e in events))
+                self._db.executemany(
+                    "INSERT INTO users VALUES (?, 1) ON CONFLICT(user_id) DO UPDATE SET generation = generation + 1",
+                    [(u,) for u in users])
+                states = {u: self._state(u) for u in users}
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return states
+
+    async def record(self, events: list[Interaction]) -> dict[str, UserState]:
+        return await asyncio.to_thread(self._record, events)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

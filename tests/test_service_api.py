@@ -1,0 +1,235 @@
+"""The service through its lifespan (FastAPI TestClient), against the real Redis and the embedded store."""
+
+import time
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.core.config import Settings
+from service.main import create_app
+from training.artifact import CURRENT_FILE, read_artifact, write_artifact
+
+KEY = "test-key"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def settings(request, model_dir, tmp_path):
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return Settings(model_dir=model_dir, redis_url=redis_url, state_dir=tmp_path / "state", api_keys=[KEY],
+                    reload_poll_seconds=0.1, max_k=50)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _first_user(model_dir):
+    artifact = read_artifact(model_dir)
+    return artifact, artifact.user_ids[0]
+
+
+def _metric(client, name):
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _assert_problem(response, status, slug):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["type"].endswith("/" + slug) and body["detail"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def test_recommend_excludes_training_items_and_caches(client, model_dir):
+    artifact, user = _first_user(model_dir)
+    first = client.get(f"/recommend/{user}", params={"k": 10})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["user_id"] == user and body["model_version"] == artifact.manifest["version"]
+    assert len(body["items"]) == 10 and body["cached"] is False
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    trained = {artifact.item_ids[i] for u, i in artifact.train_pairs if u == 0}
+    assert not trained & {i["item_id"] for i in body["items"]}
+    second = client.get(f"/recommend/{user}", params={"k": 10}).json()
+    assert second["cached"] is True and second["items"] == body["items"]
+    assert _metric(client, "gnaq_cache_hits_total") == 1 and _metric(client, "gnaq_cache_misses_total") == 1
+
+
+def test_an_interaction_invalidates_the_cache_and_is_excluded_next(client, model_dir):
+    _, user = _first_user(model_dir)
+    before = client.get(f"/recommend/{user}").json()
+    assert client.get(f"/recommend/{user}").json()["cached"] is True
+    top = before["items"][0]["item_id"]
+    posted = client.post("/interactions", json={"user_id": user, "item_id": top}, headers=AUTH)
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["users"] == [{"user_id": user, "generation": 1, "new_user": False, "interactions": 1}]
+    after = client.get(f"/recommend/{user}").json()
+    assert after["cached"] is False and top not in {i["item_id"] for i in after["items"]}
+    assert client.get(f"/recommend/{user}").json()["cached"] is True
+
+
+def test_cold_start_user_is_created_by_its_first_interactions(client, model_dir):
+    artifact, _ = _first_user(model_dir)
+    _assert_problem(client.get("/recommend/brand-new"), 404, "unknown-user")
+    items = artifact.item_ids[:3]
+    posted = client.post("/interactions", headers=AUTH,
+                         json=[{"user_id": "brand-new", "item_id": i, "timestamp": 1700000000} for i in items])
+    assert posted.status_code == 200 and posted.json()["users"][0]["new_user"] is True
+    recs = client.get("/recommend/brand-new", params={"k": 20}).json()
+    assert len(recs["items"]) == 20 and not set(items) & {i["item_id"] for i in recs["items"]}
+
+
+def test_an_unknown_item_applies_nothing(client, model_dir):
+    artifact, user = _first_user(model_dir)
+    batch = [{"user_id": user, "item_id": artifact.item_ids[0]}, {"user_id": user, "item_id": "no-such-item"}]
+    body = _assert_problem(client.post("/interactions", json=batch, headers=AUTH), 422, "unknown-item")
+    assert body["unknown_items"] == ["no-such-item"]
+    ok = client.post("/interactions", json=batch[:1], headers=AUTH).json()
+    assert ok["users"][0]["generation"] == 1  # the refused batch bumped nothing
+
+
+def test_similar_items(client, model_dir):
+    artifact, _ = _first_user(model_dir)
+    item = artifact.item_ids[5]
+    body = client.get(f"/items/{item}/similar", params={"k": 7}).json()
+    assert len(body["items"]) == 7 and item not in {i["item_id"] for i in body["items"]}
+    _assert_problem(client.get("/items/nope/similar"), 404, "unknown-item")
+
+
+def test_hot_reload_swaps_versions_and_refuses_a_corrupt_one(client, model_dir):
+    artifact, user = _first_user(model_dir)
+    old = artifact.manifest["version"]
+    assert client.get(f"/recommend/{user}").json()["model_version"] == old
+    write_artifact(model_dir, artifact, version="v2")  # published: the poller picks it up
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").json()["model_version"] != "v2":
+        assert time.monotonic() < deadline, "the new CURRENT was not picked up"
+        time.sleep(0.05)
+    swapped = client.get(f"/recommend/{user}").json()
+    assert swapped["model_version"] == "v2" and swapped["cached"] is False  # old cache never served
+    assert _metric(client, "gnaq_model_reloads_total") == 2
+    assert _metric(client, 'gnaq_model_info{bits="2",index="float",method="gnaq",version="v2"}') == 1
+
+    bad = write_artifact(model_dir, artifact, version="v3", publish=False)
+    codes = bad / "item_codes.bin"
+    data = bytearray(codes.read_bytes())
+    data[0] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    (model_dir / CURRENT_FILE).write_text("v3\n")
+    body = _assert_problem(client.post("/admin/reload", headers=AUTH), 409, "artifact-refused")
+    assert "item_codes.bin" in body["detail"] and "still serving v2" in body["detail"]
+    assert client.get(f"/recommend/{user}").json()["model_version"] == "v2"
+    assert _metric(client, "gnaq_model_reload_failures_total") == 1
+    time.sleep(0.3)  # the poller does not retry (and recount) the refused version
+    assert _metric(client, "gnaq_model_reload_failures_total") == 1
+
+    (model_dir / CURRENT_FILE).write_text(f"{old}\n")
+    assert client.post("/admin/reload", headers=AUTH).json() == {"reloaded": True, "model_version": old}
+
+
+@pytest.mark.parametrize("kind", ["float", "codes"])
+def test_service_top_k_equals_the_offline_evaluators(kind, model_dir, tmp_path):
+    """Same artifact, same users: the served top-20 is the offline full ranking's top-20."""
+    artifact = read_artifact(model_dir)
+    users, items = artifact.user.dequantize().astype(np.float64), artifact.item.dequantize().astype(np.float64)
+    scores = users @ items.T
+    scores[artifact.train_pairs[:, 0], artifact.train_pairs[:, 1]] = -np.inf
+    settings = Settings(model_dir=model_dir, state_dir=tmp_path, index=kind, reload_poll_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        identical = 0
+        for row in range(0, len(artifact.user_ids), 3):  # 315 users
+            served = client.get(f"/recommend/{artifact.user_ids[row]}", params={"k": 20}).json()["items"]
+            served_rows = [artifact.item_ids.index(i["item_id"]) for i in served]
+            offline = np.argsort(-scores[row], kind="stable")[:20]
+            identical += served_rows == offline.tolist()
+            # Any difference must be a tie at float32 precision: same scores, rank by rank.
+            np.testing.assert_allclose(scores[row, served_rows], scores[row, offline], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose([i["score"] for i in served], scores[row, served_rows], rtol=1e-5, atol=1e-6)
+        assert identical >= 0.97 * len(range(0, len(artifact.user_ids), 3))
+
+
+def test_every_error_is_problem_json(client, settings):
+    _assert_problem(client.get("/nope"), 404, "not-found")
+    _assert_problem(client.put("/healthz"), 405, "method-not-allowed")
+    _assert_problem(client.get("/recommend/1", params={"k": 0}), 422, "validation-error")
+    _assert_problem(client.get("/recommend/1", params={"k": "ten"}), 422, "validation-error")
+    body = _assert_problem(client.get("/recommend/1", params={"k": 51}), 422, "validation-error")
+    assert "at most 50" in body["detail"]
+    _assert_problem(client.post("/interactions", json={"user_id": "1"}), 401, "unauthorized")
+    _assert_problem(client.post("/interactions", json={"user_id": "1"}, headers={"X-API-Key": "wrong"}),
+                    401, "unauthorized")
+    body = _assert_problem(client.post("/interactions", json={"user_id": "1"}, headers=AUTH), 422, "validation-error")
+    assert "item_id" in body["detail"]
+    _assert_problem(client.post("/interactions", json={"user_id": "1", "item_id": "1", "extra": 1}, headers=AUTH),
+                    422, "validation-error")
+    _assert_problem(client.post("/interactions", json=[], headers=AUTH), 422, "validation-error")
+    _assert_problem(client.post("/interactions", content=b"{not json", headers={**AUTH, "content-type":
+                                "application/json"}), 422, "validation-error")
+    _assert_problem(client.post("/admin/reload"), 401, "unauthorized")
+
+
+def test_unexpected_errors_leave_no_trace(settings):
+    app = create_app(settings)
+
+    def explode():
+        raise RuntimeError("secret internals")
+    app.add_api_route("/explode", explode)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = _assert_problem(client.get("/explode"), 500, "internal-error")
+        assert "secret" not in client.get("/explode").text and body["title"] == "Internal Server Error"
+
+
+def test_no_model_yet_is_503_and_reads_can_require_a_key(tmp_path, model_dir):
+    empty = Settings(model_dir=tmp_path / "empty", state_dir=tmp_path, reload_poll_seconds=0)
+    with TestClient(create_app(empty)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        _assert_problem(client.get("/readyz"), 503, "no-model")
+        _assert_problem(client.get("/recommend/1"), 503, "no-model")
+    keyed = Settings(model_dir=model_dir, state_dir=tmp_path, reload_poll_seconds=0, open_reads=False,
+                     api_keys=[KEY])
+    with TestClient(create_app(keyed)) as client:
+        _assert_problem(client.get("/recommend/1"), 401, "unauthorized")
+        assert client.get("/recommend/1", headers=AUTH).status_code == 200
+
+
+def test_redis_unreachable_serves_uncached_and_refuses_writes(model_dir, tmp_path):
+    settings = Settings(model_dir=model_dir, redis_url="redis://127.0.0.1:1/0", api_keys=[KEY],
+                        reload_poll_seconds=0, redis_timeout_seconds=0.1)
+    artifact, user = _first_user(model_dir)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(3):
+            body = client.get(f"/recommend/{user}").json()
+            assert body["cached"] is False and len(body["items"]) == 10
+        ready = client.get("/readyz").json()
+        assert ready["store"] == {"backend": "redis", "status": "degraded"}
+        _assert_problem(client.post("/interactions", json={"user_id": user, "item_id": artifact.item_ids[0]},
+                                    headers=AUTH), 503, "store-unavailable")
+
+
+def test_api_key_values_never_reach_the_logs(client, caplog):
+    client.post("/interactions", json={"user_id": "1"}, headers={"X-API-Key": "wrong-secret-value"})
+    client.post("/interactions", json={"user_id": "1"}, headers=AUTH)
+    assert "wrong-secret-value" not in caplog.text and KEY not in caplog.text
+
+
+def test_redis_keys_carry_version_and_generation(settings, client, model_dir):
+    if settings.redis_url is None:
+        pytest.skip("Redis layout only")
+    artifact, user = _first_user(model_dir)
+    client.get(f"/recommend/{user}", params={"k": 5})
+    client.post("/interactions", json={"user_id": user, "item_id": artifact.item_ids[1]}, headers=AUTH)
+    client.get(f"/recommend/{user}", params={"k": 5})
+    keys = {k.decode() for k in redis.Redis.from_url(settings.redis_url).keys("gnaq:*")}
+    version = artifact.manifest["version"]
+    assert {f"gnaq:{{u:{user}}}:rec:{version}:0:5", f"gnaq:{{u:{user}}}:rec:{version}:1:5",
+            f"gnaq:{{u:{user}}}:codes:{version}", "gnaq:interactions"} <= keys
