@@ -56,24 +56,24 @@ def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndar
 class FoldIn:
     """Everything needed to (re)build one user's served vector from its item interactions."""
 
-    item_vectors: np.ndarray
+    item_table: QuantizedTable | np.ndarray  # served items: codes, or float32 for a full-precision model
     item_degree: np.ndarray
-    bits: int | None = None  # None: a full-precision model, the user vector stays float32
     clip: float = 0.8
-    dim_scale: np.ndarray | None = None
     item_theta: np.ndarray | None = None  # (n_items, 2) refined (rho, delta) of GNAQ, if stored
     layers: int = 0
 
     @classmethod
     def from_artifact(cls, artifact: Any) -> FoldIn:
-        """From a ``training.artifact.ModelArtifact`` (decoded item table, degrees, quantizer settings)."""
-        item, manifest = artifact.item, artifact.manifest
-        if isinstance(item, np.ndarray):
-            return cls(item, artifact.arrays["item_degree"])
-        quantizer = manifest.get("quantizer") or {}
-        return cls(item.dequantize(), artifact.arrays["item_degree"], bits=int(item.bits),
-                   clip=float(quantizer.get("clip", 1.0)), dim_scale=item.dim_scale,
-                   item_theta=artifact.arrays.get("item_theta"), layers=int(manifest.get("layers", 0)))
+        """From a ``training.artifact.ModelArtifact``: item table, degrees, quantizer settings."""
+        quantizer = artifact.manifest.get("quantizer") or {}
+        return cls(artifact.item, artifact.arrays["item_degree"], clip=float(quantizer.get("clip", 1.0)),
+                   item_theta=artifact.arrays.get("item_theta"), layers=int(artifact.manifest.get("layers", 0)))
+
+    def item_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Served (decoded) float32 vectors of the item ``rows``."""
+        if isinstance(self.item_table, np.ndarray):
+            return self.item_table[rows]
+        return self.item_table.dequantize(rows)
 
     def neighbour_theta(self, items: np.ndarray) -> np.ndarray | None:
         """A new node's refined ``theta``: ``L/(L+1)`` times the mean refined ``theta`` of its items."""
@@ -84,8 +84,13 @@ class FoldIn:
 
     def user(self, items: np.ndarray) -> QuantizedTable | np.ndarray:
         """The user's stored form: a one-row ``QuantizedTable``, or a ``(1, d)`` float32 row for fp32."""
-        vector = fold_in(self.item_vectors, self.item_degree, items)
-        if self.bits is None:
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        n_items = len(self.item_degree)
+        if items.size and (items.min() < 0 or items.max() >= n_items):
+            raise ValueError(f"item index out of range 0..{n_items - 1}")
+        vector = fold_in(self.item_vectors(items), self.item_degree[items], np.arange(len(items)))
+        table = self.item_table
+        if isinstance(table, np.ndarray):
             return vector.reshape(1, -1)
-        return requantize(vector, bits=self.bits, clip=self.clip, dim_scale=self.dim_scale,
+        return requantize(vector, bits=int(table.bits), clip=self.clip, dim_scale=table.dim_scale,
                           theta=self.neighbour_theta(items))

@@ -16,7 +16,7 @@ def test_folded_in_users_rank_their_held_out_items(trained):
     data = load_dataset("ml-100k")
     n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
     seen = pairs_to_csr(artifact.train_pairs, n_users, n_items)
-    assert foldin.item_theta is not None and foldin.bits == artifact.manifest["bits"]
+    assert foldin.item_theta is not None and foldin.item_table.bits == artifact.manifest["bits"]
     folded = np.stack([foldin.user(seen[u].indices).dequantize()[0] for u in range(n_users)])
     relevant = pairs_to_csr(data.test, n_users, n_items)
     served = evaluate_ranking(torch.from_numpy(artifact.user.dequantize()), torch.from_numpy(items), seen, relevant)
@@ -38,7 +38,7 @@ def test_neighbour_theta_moves_the_grid_like_training_does():
     plain = requantize(vector, bits=2, clip=0.8, dim_scale=None)
     wider = requantize(vector, bits=2, clip=0.8, dim_scale=None, theta=np.array([np.log(2.0), 0.0]))
     assert float(wider.scale[0]) == pytest.approx(2 * float(plain.scale[0]), rel=1e-3)
-    foldin = FoldIn(np.eye(3, 16, dtype=np.float32), np.ones(3), bits=2,
+    foldin = FoldIn(np.eye(3, 16, dtype=np.float32), np.ones(3),
                     item_theta=np.array([[0.3, 0.0], [0.1, 0.2], [9, 9]], np.float16), layers=3)
     assert foldin.neighbour_theta(np.array([0, 1, 1])) == pytest.approx([0.15, 0.075], rel=1e-3)
 
