@@ -1,0 +1,55 @@
+"""Redis going away and coming back: reads keep answering, readiness says degraded, then recovers."""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.core.config import Settings
+from service.main import create_app
+from training.artifact import read_artifact
+
+
+def _start_redis(port: int) -> subprocess.Popen:
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_service_survives_a_redis_restart(model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _start_redis(port)
+    user = read_artifact(model_dir).user_ids[0]
+    settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
+                        redis_timeout_seconds=0.2, redis_retry_seconds=0.2)
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.get(f"/recommend/{user}")
+            assert client.get(f"/recommend/{user}").json()["cached"] is True
+            server.terminate()
+            server.wait()
+            down = [client.get(f"/recommend/{user}") for _ in range(3)]
+            assert [r.status_code for r in down] == [200] * 3 and not any(r.json()["cached"] for r in down)
+            assert client.get("/readyz").json()["store"]["status"] == "degraded"
+            server = _start_redis(port)  # restarted, empty: the service reconnects by itself
+            time.sleep(0.3)
+            assert client.get("/readyz").json()["store"]["status"] == "ok"
+            client.get(f"/recommend/{user}")
+            assert client.get(f"/recommend/{user}").json()["cached"] is True
+    finally:
+        server.terminate()
+        server.wait()
