@@ -3,6 +3,7 @@
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -14,9 +15,15 @@ from service.main import create_app
 from training.artifact import read_artifact
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _start_redis(port: int) -> subprocess.Popen:
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                                "--appendonly", "no", "--enable-debug-command", "local"], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -29,9 +36,7 @@ def _start_redis(port: int) -> subprocess.Popen:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_service_survives_a_redis_restart(model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     server = _start_redis(port)
     user = read_artifact(model_dir).user_ids[0]
     settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
@@ -50,6 +55,30 @@ def test_service_survives_a_redis_restart(model_dir):
             assert client.get("/readyz").json()["store"]["status"] == "ok"
             client.get(f"/recommend/{user}")
             assert client.get(f"/recommend/{user}").json()["cached"] is True
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_a_slow_redis_costs_at_most_its_timeout(model_dir):
+    port = _free_port()
+    server = _start_redis(port)
+    user = read_artifact(model_dir).user_ids[0]
+    settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
+                        redis_timeout_seconds=0.2, redis_retry_seconds=5)
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.get(f"/recommend/{user}")
+            stall = threading.Thread(target=lambda: redis.Redis(port=port).execute_command("DEBUG", "SLEEP", "2"))
+            stall.start()
+            time.sleep(0.1)
+            started = time.monotonic()
+            answers = [client.get(f"/recommend/{user}") for _ in range(5)]
+            elapsed = time.monotonic() - started
+            stall.join()
+            assert [r.status_code for r in answers] == [200] * 5 and not any(r.json()["cached"] for r in answers)
+            assert elapsed < 1.5  # one timeout (0.2 s), then the breaker skips Redis instead of waiting again
     finally:
         server.terminate()
         server.wait()
