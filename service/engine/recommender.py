@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,13 +195,12 @@ class Recommender:
             raise UnknownItems(unknown)
         states = await self.store.record(events)  # StoreUnavailable: nothing was accepted
         self.metrics.interactions.inc(len(events))
-        updates = []
+        updates, posted = [], Counter(e.user_id for e in events)
         for user_id, state in states.items():
             table = model.foldin.user(self._all_items(model, user_id, state))
             try:
                 await self.store.save_user_codes(user_id, model.version, state.generation, encode_user(table))
             except StoreUnavailable:  # recorded already; the next read recomputes the codes
                 self.metrics.store_errors.labels("save_user_codes").inc()
-            updates.append(UserUpdate(user_id, state.generation, user_id not in model.users,
-                                      sum(e.user_id == user_id for e in events)))
+            updates.append(UserUpdate(user_id, state.generation, user_id not in model.users, posted[user_id]))
         return model.version, updates
