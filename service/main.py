@@ -45,7 +45,9 @@ def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded store next to the models."""
     if settings.redis_url:
         return RedisStore(settings.redis_url, timeout=settings.redis_timeout_seconds,
-                          retry_seconds=settings.redis_retry_seconds, codes_ttl=settings.user_state_ttl_seconds)
+                          retry_seconds=settings.redis_retry_seconds, codes_ttl=settings.user_state_ttl_seconds,
+                          write_timeout=settings.redis_write_timeout_seconds,
+                          near_ttl=settings.cache_ttl_seconds * (1 - settings.cache_ttl_jitter))
     return LocalStore(settings.interaction_log_path)
 
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         faiss.omp_set_num_threads(settings.search_threads)
         torch.set_num_threads(settings.search_threads)
         store = open_store(settings)
+        await store.start()
         registry = ModelRegistry(settings.model_dir, settings.index, metrics)
         app.state.registry = registry
         app.state.recommender = Recommender(registry, store, settings, metrics)

@@ -233,3 +233,21 @@ def test_redis_keys_carry_version_and_generation(settings, client, model_dir):
     version = artifact.manifest["version"]
     assert {f"gnaq:{{u:{user}}}:rec:{version}:0:5", f"gnaq:{{u:{user}}}:rec:{version}:1:5",
             f"gnaq:{{u:{user}}}:codes:{version}", "gnaq:interactions"} <= keys
+
+
+def test_a_post_on_one_replica_invalidates_the_near_cache_of_another(model_dir, redis_url, tmp_path):
+    """Two apps on one Redis: replica A's in-process copy must not outlive a post accepted by replica B."""
+    artifact, user = _first_user(model_dir)
+    settings = Settings(model_dir=model_dir, redis_url=redis_url, api_keys=[KEY], reload_poll_seconds=0)
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        deadline = time.monotonic() + 5
+        while not (a.app.state.recommender.store.near.live and b.app.state.recommender.store.near.live):
+            assert time.monotonic() < deadline, "replicas did not subscribe to invalidations"
+            time.sleep(0.02)
+        top = a.get(f"/recommend/{user}").json()["items"][0]["item_id"]
+        assert a.get(f"/recommend/{user}").json()["cached"] is True  # now also in A's near cache
+        assert b.post("/interactions", json={"user_id": user, "item_id": top}, headers=AUTH).status_code == 200
+        deadline = time.monotonic() + 2
+        while top in {i["item_id"] for i in a.get(f"/recommend/{user}").json()["items"]}:
+            assert time.monotonic() < deadline, "replica A kept serving a result from before the post"
+            time.sleep(0.01)

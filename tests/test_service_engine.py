@@ -76,6 +76,7 @@ def test_concurrent_misses_on_one_key_are_computed_once(trained, redis_url):
         return bodies
 
     bodies = asyncio.run(scenario())
-    assert len({body for body, _ in bodies}) == 1 and not any(cached for _, cached in bodies)
+    # Late readers may already find the cached body; either way every answer is the same list.
+    assert len({body.replace(b'"cached":true', b'"cached":false') for body, _ in bodies}) == 1
     searches = metrics.registry.get_sample_value("gnaq_search_duration_seconds_count", {"index": "float"})
     assert searches == 1  # 20 concurrent misses, one search (the smoke query runs outside the recommender)

@@ -64,17 +64,17 @@ def test_service_survives_a_redis_restart(model_dir):
 def test_a_slow_redis_costs_at_most_its_timeout(model_dir):
     port = _free_port()
     server = _start_redis(port)
-    user = read_artifact(model_dir).user_ids[0]
+    users = read_artifact(model_dir).user_ids[:6]
     settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
                         redis_timeout_seconds=0.2, redis_retry_seconds=5)
     try:
         with TestClient(create_app(settings)) as client:
-            client.get(f"/recommend/{user}")
+            client.get(f"/recommend/{users[0]}")
             stall = threading.Thread(target=lambda: redis.Redis(port=port).execute_command("DEBUG", "SLEEP", "2"))
             stall.start()
             time.sleep(0.1)
             started = time.monotonic()
-            answers = [client.get(f"/recommend/{user}") for _ in range(5)]
+            answers = [client.get(f"/recommend/{user}") for user in users[1:]]  # none cached anywhere
             elapsed = time.monotonic() - started
             stall.join()
             assert [r.status_code for r in answers] == [200] * 5 and not any(r.json()["cached"] for r in answers)

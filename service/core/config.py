@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     cache_ttl_jitter: float = Field(0.1, ge=0, le=1, description="TTLs are spread by up to this fraction")
     user_state_ttl_seconds: int = Field(7 * 86400, ge=1, description="lifetime of requantized user codes")
     reload_poll_seconds: float = Field(5.0, ge=0, description="how often CURRENT is checked (0: never poll)")
-    redis_timeout_seconds: float = Field(0.25, gt=0, description="per-command Redis timeout")
+    redis_timeout_seconds: float = Field(0.25, gt=0, description="per-command Redis timeout of reads")
+    redis_write_timeout_seconds: float = Field(5.0, gt=0, description="Redis timeout of recording interactions")
     redis_retry_seconds: float = Field(1.0, ge=0, description="after a Redis failure, serve uncached this long")
     search_threads: int = Field(1, ge=1, description="threads FAISS and torch may use per search")
 

@@ -85,9 +85,15 @@ class CodeIndex:
 
     kind = "codes"
 
+    @staticmethod
+    def supports(table: Table) -> bool:
+        """Quantized with one scale and offset per row (or per table); not fp32, not segmented rows."""
+        return isinstance(table, QuantizedTable) and table.segments == 1
+
     def __init__(self, table: QuantizedTable) -> None:
-        if not isinstance(table, QuantizedTable):
-            raise TypeError("the codes index needs a quantized item table (use GNAQ_INDEX=float for fp32 models)")
+        if not self.supports(table):
+            raise TypeError("the codes index needs a quantized item table with one scale and offset per row "
+                            "(use GNAQ_INDEX=float for this model)")
         bits, (self.n_items, self.dim) = int(table.bits), table.codes.shape
         self._per_key = 8 // bits  # dimensions whose codes share one byte-sized key
         self._n_keys = -(-self.dim // self._per_key)

@@ -12,7 +12,7 @@ import numpy as np
 
 from model.foldin import FoldIn
 from model.quantized_table import QuantizedTable
-from service.engine.index import ItemIndex, build_index
+from service.engine.index import CodeIndex, ItemIndex, build_index
 from training.artifact import ArtifactError, read_artifact
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ class ServedModel:
         artifact = read_artifact(path)
         manifest = artifact.manifest
         kind = index_kind
-        if kind == "codes" and not isinstance(artifact.item, QuantizedTable):
-            log.warning("version %s is full precision: serving it from the float index", manifest["version"])
+        if kind == "codes" and not CodeIndex.supports(artifact.item):
+            log.warning("version %s has no per-row codes (fp32 or segmented): serving it from the float index",
+                        manifest["version"])
             kind = "float"
         pairs = artifact.train_pairs
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))

@@ -47,6 +47,10 @@ class Store(Protocol):
 
     backend: str
 
+    async def start(self) -> None:
+        """Background work the store needs while the app runs (called once the event loop runs)."""
+        ...
+
     async def read_cached(self, user_id: str, version: str, k: int) -> tuple[int, bytes | None]:
         """``(generation, cached body or None)`` in one round trip."""
         ...

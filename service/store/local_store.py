@@ -63,6 +63,9 @@ class LocalStore:
         self._lock = threading.Lock()
         self._cache, self._codes = _LRU(capacity), _LRU(capacity)
 
+    async def start(self) -> None:
+        """Nothing runs in the background: generations are read from SQLite on every request."""
+
     def _generation(self, user_id: str) -> int:
         row = self._db.execute("SELECT generation FROM users WHERE user_id = ?", (user_id,)).fetchone()
         return 0 if row is None else int(row[0])
