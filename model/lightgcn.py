@@ -23,18 +23,33 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         self.quantizer: EmbeddingQuantizer | None = None
 
-    def propagate(self, adjacency: Tensor, x: Tensor | None = None) -> Tensor:
-        """Layer mean of ``x`` (default: the ego embeddings) propagated over ``adjacency``."""
+    def propagate_layers(self, adjacency: Tensor, x: Tensor | None = None) -> list[Tensor]:
+        """``[E^(0), ..., E^(L)]``: ``x`` (default: the ego embeddings) propagated 0..L times."""
         h = self.embedding.weight if x is None else x
-        total = h
+        layers = [h]
         for _ in range(self.layers):
             h = torch.sparse.mm(adjacency, h)
+            layers.append(h)
+        return layers
+
+    def propagate(self, adjacency: Tensor, x: Tensor | None = None) -> Tensor:
+        """Layer mean of ``x`` (default: the ego embeddings) propagated over ``adjacency``."""
+        layers = self.propagate_layers(adjacency, x)
+        total = layers[0]
+        for h in layers[1:]:
             total = total + h
         return total / (self.layers + 1)
 
+    def quantizer_input(self, adjacency: Tensor) -> Tensor:
+        """What the quantizer encodes: the layer mean ``z``, or for a per-layer quantizer (BiGeaR)
+        the layers side by side, ``(N, (L+1) * dim)``. Without a quantizer: ``z``."""
+        if self.quantizer is not None and self.quantizer.per_layer:
+            return torch.cat(self.propagate_layers(adjacency), dim=1)
+        return self.propagate(adjacency)
+
     def forward(self, adjacency: Tensor) -> Tensor:
-        """Final node embeddings ``(n_users + n_items, dim)``: what is scored by inner product."""
-        final = self.propagate(adjacency)
+        """Served node embeddings (``(N, dim)``, or wider for per-layer codes): scored by inner product."""
+        final = self.quantizer_input(adjacency)
         return final if self.quantizer is None else self.quantizer(final)
 
     def bpr_loss(self, final: Tensor, users: Tensor, pos: Tensor, neg: Tensor,

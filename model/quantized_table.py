@@ -2,6 +2,10 @@
 
 ``dequantize`` is the single decoding function shared by offline evaluation and the service, so
 that the scores a model was selected on are exactly the scores it serves.
+
+Parameters are per node ``(N,)``, per table ``(1,)``, or per node and segment ``(N, S)``: the row is
+then ``S`` equal consecutive segments, each with its own scale and offset (BiGeaR-style per-layer
+codes, where a served row is the concatenation of ``S = L + 1`` layers' binarized vectors).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from model.packing import MAX_BITS, packed_size
 
 @dataclass(frozen=True, eq=False)
 class QuantizedTable:
-    """``x_hat[v] = (offset[v] + scale[v] * codes[v]) * dim_scale``; parameters per node ``(N,)`` or ``(1,)``.
+    """``x_hat[v] = (offset[v] + scale[v] * codes[v]) * dim_scale``; parameters ``(N,)``, ``(1,)`` or ``(N, S)``.
 
-    ``dim_scale`` (float16 ``(d,)``, optional) is a per-dimension scale shared by all rows.
+    With ``(N, S)`` parameters, segment ``j`` of row ``v`` (columns ``j*d/S .. (j+1)*d/S - 1``) uses
+    ``scale[v, j]`` and ``offset[v, j]``. ``dim_scale`` (float16 ``(d,)``, optional) is a per-dimension
+    scale shared by all rows.
 
     Arrays are not copied; callers must not mutate them after construction.
     """
@@ -42,8 +48,11 @@ class QuantizedTable:
             value = getattr(self, name)
             if not isinstance(value, np.ndarray) or value.dtype != np.float16:
                 raise TypeError(f"{name} must be a float16 array, got {_describe(value)}")
-            if value.shape not in ((self.n_rows,), (1,)):
-                raise ValueError(f"{name} must have shape ({self.n_rows},) per node or (1,) per tensor, "
+            segmented = value.ndim == 2 and value.shape[0] == self.n_rows and value.shape[1] >= 1 \
+                and self.dim % value.shape[1] == 0
+            if value.shape not in ((self.n_rows,), (1,)) and not segmented:
+                raise ValueError(f"{name} must have shape ({self.n_rows},) per node, (1,) per tensor or "
+                                 f"({self.n_rows}, S) per node and segment with S dividing {self.dim}, "
                                  f"got {value.shape}")
             if not np.isfinite(value).all():
                 raise ValueError(f"{name} contains non-finite values")
@@ -67,6 +76,11 @@ class QuantizedTable:
         return int(self.codes.shape[1])
 
     @property
+    def segments(self) -> int:
+        """Number of equal row segments with their own parameters (1 unless parameters are ``(N, S)``)."""
+        return int(self.scale.shape[1]) if self.scale.ndim == 2 else 1
+
+    @property
     def nbytes_packed(self) -> int:
         """Stored size: codes at ``bits`` bits per value plus the float16 parameters."""
         extra = 0 if self.dim_scale is None else self.dim_scale.nbytes
@@ -82,9 +96,12 @@ class QuantizedTable:
         scale, offset = self.scale, self.offset
         if rows is not None and self.scale.shape[0] != 1:
             scale, offset = scale[rows], offset[rows]
-        scale32 = scale.astype(np.float32)[:, None]
-        offset32 = offset.astype(np.float32)[:, None]
-        decoded = offset32 + scale32 * codes.astype(np.float32)
+        # Each row as (segments, width): one (scale, offset) pair per segment, broadcast over its width.
+        segments = self.segments
+        shaped = codes.reshape(len(codes), segments, self.dim // segments).astype(np.float32)
+        scale32 = scale.astype(np.float32).reshape(len(scale), segments)[:, :, None]
+        offset32 = offset.astype(np.float32).reshape(len(offset), segments)[:, :, None]
+        decoded = (offset32 + scale32 * shaped).reshape(codes.shape)
         return decoded if self.dim_scale is None else decoded * self.dim_scale.astype(np.float32)
 
 

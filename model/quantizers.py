@@ -96,6 +96,9 @@ class EmbeddingQuantizer(nn.Module):
     """Base class: uniform b-bit fake quantization with parameters chosen by a subclass."""
 
     per_node: bool = True
+    # True: the quantizer takes every propagation layer side by side, (N, (L+1)*d), instead of their
+    # mean z (see LightGCN.quantizer_input); BiGeaR-style per-layer codes need this.
+    per_layer: bool = False
 
     def __init__(self, bits: int, n_users: int) -> None:
         super().__init__()
@@ -115,6 +118,10 @@ class EmbeddingQuantizer(nn.Module):
     def round(self, u: Tensor) -> Tensor:
         """Rounding used in training; the default gradient estimator is the plain STE."""
         return _StraightThroughRound.apply(u)
+
+    def record(self) -> dict:
+        """Learned or chosen settings worth recording in the manifest, besides bits and granularity."""
+        return {}
 
     def _stored_dim_scale(self) -> Tensor | None:
         return None if self.dim_scale is None else self.dim_scale.to(torch.float16).float()

@@ -336,3 +336,46 @@ def test_dequantize_matches_formula_and_rows() -> None:
     np.testing.assert_array_equal(table.dequantize(rows), full[rows])
     shared = _table(np.random.default_rng(3), 6, 4, 3, per_node=False)
     np.testing.assert_array_equal(shared.dequantize(rows), shared.dequantize()[rows])
+
+
+def _segmented_table(rng: np.random.Generator, n: int, dim: int, segments: int) -> QuantizedTable:
+    """1-bit codes with a (scale, offset) per row and segment, as BiGeaR-style per-layer codes."""
+    return QuantizedTable(codes=rng.integers(0, 2, size=(n, dim), dtype=np.uint8),
+                          scale=rng.uniform(0.01, 0.5, (n, segments)).astype(np.float16),
+                          offset=rng.normal(size=(n, segments)).astype(np.float16), bits=1)
+
+
+def test_segmented_parameters_decode_each_segment_with_its_own_pair() -> None:
+    table = _segmented_table(np.random.default_rng(4), 5, 6, 3)
+    assert table.segments == 3
+    full = table.dequantize()
+    for j in range(3):
+        columns = slice(2 * j, 2 * j + 2)
+        expected = table.offset.astype(np.float32)[:, j:j + 1] + table.scale.astype(np.float32)[:, j:j + 1] \
+            * table.codes[:, columns].astype(np.float32)
+        np.testing.assert_array_equal(full[:, columns], expected)
+    rows = np.array([3, 0, 3])
+    np.testing.assert_array_equal(table.dequantize(rows), full[rows])
+    assert table.nbytes_packed == -(-5 * 6 // 8) + 2 * 5 * 3 * 2
+    with pytest.raises(ValueError, match="S dividing 6"):
+        QuantizedTable(codes=table.codes, scale=np.ones((5, 4), np.float16), offset=np.ones((5, 4), np.float16), bits=1)
+    with pytest.raises(ValueError, match="shapes differ"):
+        QuantizedTable(codes=table.codes, scale=table.scale, offset=table.offset[:, 0].copy(), bits=1)
+
+
+def test_segmented_round_trip_records_segments_only_where_used(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    model_dim, segments = 4, 3  # served rows: model_dim * segments values
+    original = ModelArtifact(manifest={"dim": model_dim}, user=_segmented_table(rng, 7, 12, segments),
+                             item=_segmented_table(rng, 11, 12, segments), user_ids=[f"u{i}" for i in range(7)],
+                             item_ids=[f"i{i}" for i in range(11)], train_pairs=_pairs(rng, 7, 11, 20))
+    version_dir = write_artifact(tmp_path, original)
+    assert np.load(version_dir / "user_params.npy").shape == (7, 2, segments)
+    loaded = read_artifact(version_dir)
+    _assert_same_table(original.user, loaded.user)
+    _assert_same_table(original.item, loaded.item)
+    assert loaded.manifest["layout"]["user"]["segments"] == segments
+    # Compared with an fp32 model of the trainer's dimension, not with fp32 rows as wide as the served ones.
+    assert loaded.manifest["sizes"]["fp32_embedding_bytes"] == (7 + 11) * model_dim * 4
+    plain = read_artifact(write_artifact(tmp_path, _artifact())).manifest["layout"]
+    assert "segments" not in plain["user"] and "segments" not in plain["item"]

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.quantizers import SUPPORTED_BITS
 
@@ -24,19 +24,20 @@ class TrainConfig(BaseModel):
         "auto", description="auto: official train/test where the dataset has one, else per-user random")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="per-user test share of random/temporal splits")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="per-user share of train held out for selection")
-    method: Literal["fp32", "gnaq", "ptq"] = "gnaq"
+    method: Literal["fp32", "gnaq", "ptq", "lsq", "n2uq", "bigear"] = "gnaq"
     bits: int = Field(2, description="bits per embedding value: 1-8")
     dim: int = Field(64, ge=1, description="embedding dimension d")
     layers: int = Field(3, ge=0, description="LightGCN propagation layers L")
     epochs: int = Field(400, ge=1, description="max epochs of the full-precision stage")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate of the fp32 stage")
-    qat_epochs: int = Field(150, ge=1, description="max epochs of the GNAQ stage")
-    qat_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GNAQ stage")
+    qat_epochs: int = Field(150, ge=1, description="max epochs of the quantization-aware stage (GNAQ, LSQ, "
+                            "N2UQ, BiGeaR)")
+    qat_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the quantization-aware stage")
     batch_size: int = Field(2048, ge=1, description="BPR triples per step")
     l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
     eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
-    qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the GNAQ stage")
+    qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the quantization-aware stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "
                           "the largest selects checkpoints")
     seed: int = Field(0, description="fixes split, validation carve, initialisation and negatives")
@@ -48,6 +49,8 @@ class TrainConfig(BaseModel):
     eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
     equalize: bool = Field(True, description="shared per-dimension scale before per-node grids")
     clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
+    bigear_gamma: float = Field(1.0, gt=0, description="--method bigear: width gamma of the Dirac-delta "
+                                "gradient gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
     model_dir: str | None = None
     publish: bool = True
     version: str | None = Field(None, description="version directory name (default: UTC timestamp)")
@@ -66,6 +69,12 @@ class TrainConfig(BaseModel):
         if not ks or min(ks) < 1:
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(ks))
+
+    @model_validator(mode="after")
+    def _bigear_is_one_bit(self) -> TrainConfig:
+        if self.method == "bigear" and self.bits != 1:
+            raise ValueError("method bigear binarizes every layer: it needs bits = 1 (--bits 1)")
+        return self
 
     @property
     def selection_metric(self) -> str:
