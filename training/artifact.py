@@ -10,7 +10,8 @@ Version directory layout::
 
     manifest.json               metadata + format_version, created_at, version, files, sizes, layout
     {user,item}_codes.bin       quantized side: codes packed at `bits` bits/value (model.packing)
-    {user,item}_params.npy      quantized side: float16 (N, 2) or (1, 2) columns scale, offset
+    {user,item}_params.npy      quantized side: float16 (N, 2) or (1, 2) columns scale, offset;
+                                (N, 2, S) for S row segments (layout ``segments``, absent = 1)
     {user,item}_embeddings.npy  full-precision side: float32 (N, d)
     ids.json                    {"users": [...], "items": [...]} external ids by row
     train_interactions.npz      training items per user as CSR (indptr, indices), compressed
@@ -138,7 +139,7 @@ def write_artifact(model_dir: Path, artifact: ModelArtifact, *, version: str | N
         raise
     _fsync_dir(model_dir)
     if publish:
-        _publish(model_dir, version)
+        publish_version(model_dir, version)
     return final
 
 
@@ -224,7 +225,7 @@ def _payload(artifact: ModelArtifact, extra_files: dict[str, bytes]) -> list[tup
         table = getattr(artifact, side)
         if isinstance(table, QuantizedTable):
             out.append((f"{side}_codes.bin", pack_codes(table.codes, table.bits).tobytes()))
-            out.append((f"{side}_params.npy", _npy(np.stack([table.scale, table.offset], axis=1))))
+            out.append((f"{side}_params.npy", _npy(np.stack([table.scale, table.offset], axis=1))))  # (N, 2[, S])
             if table.dim_scale is not None:
                 out.append((f"{side}_dim_scale.npy", _npy(table.dim_scale)))
         else:
@@ -242,7 +243,10 @@ def _manifest(artifact: ModelArtifact, version: str, created: datetime,
     """Manifest bytes; ``sizes.artifact_bytes`` is exact: all files plus the manifest itself."""
     manifest = copy.deepcopy(artifact.manifest)
     embedding_bytes = sum(_embedding_bytes(getattr(artifact, side)) for side in _SIDES)
-    fp32_bytes = (len(artifact.user_ids) + len(artifact.item_ids)) * artifact.dim * 4
+    # Against an fp32 model of the trainer's dimension d: served rows may be wider (BiGeaR: d*(L+1)).
+    model_dim = manifest.get("dim")
+    model_dim = model_dim if isinstance(model_dim, int) and model_dim > 0 else artifact.dim
+    fp32_bytes = (len(artifact.user_ids) + len(artifact.item_ids)) * model_dim * 4
     sizes: dict[str, Any] = {"embedding_bytes": embedding_bytes, "fp32_embedding_bytes": fp32_bytes,
                              "compression_ratio": fp32_bytes / embedding_bytes}
     manifest.update(format_version=FORMAT_VERSION, version=version,
@@ -267,6 +271,8 @@ def _layout(artifact: ModelArtifact) -> dict[str, Any]:
         if isinstance(table, QuantizedTable):
             entry.update(kind="quantized", bits=int(table.bits), param_rows=int(table.scale.shape[0]),
                          dim_scale=table.dim_scale is not None)
+            if table.segments > 1:  # only then: layouts of unsegmented tables stay as they were
+                entry.update(segments=table.segments)
         else:
             entry.update(kind="float32")
         layout[side] = entry
@@ -286,8 +292,11 @@ def _pairs_to_csr(pairs: np.ndarray, n_users: int) -> bytes:
     return buffer.getvalue()
 
 
-def _publish(model_dir: Path, version: str) -> None:
+def publish_version(model_dir: Path, version: str) -> None:
     """Point CURRENT at ``version``: write a temp file, fsync, rename over CURRENT, fsync the dir."""
+    model_dir = Path(model_dir)
+    if not _NAME.fullmatch(version) or not (model_dir / version / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"cannot publish {version!r}: no such version in {model_dir}")
     tmp = model_dir / f"{_TMP_PREFIX}{CURRENT_FILE}-{secrets.token_hex(4)}"
     try:
         _write_file(tmp, f"{version}\n".encode())
@@ -389,8 +398,11 @@ def _load_table(side: str, entry: dict[str, Any], data: dict[str, bytes]) -> Tab
             raise ArtifactError(f"{side}_embeddings.npy has shape {table.shape}, manifest says {shape}")
         return table
     params = _load_npy(data, f"{side}_params.npy")
-    if params.ndim != 2 or params.shape[1] != 2:
-        raise ArtifactError(f"{side}_params.npy must be (rows, 2) scale, offset; got {params.shape}")
+    segments = int(entry.get("segments", 1))
+    expected = "(rows, 2)" if segments == 1 else f"(rows, 2, {segments})"
+    if params.ndim != (2 if segments == 1 else 3) or params.shape[1] != 2 \
+            or (segments > 1 and params.shape[2] != segments):
+        raise ArtifactError(f"{side}_params.npy must be {expected} scale, offset; got {params.shape}")
     packed = np.frombuffer(data[f"{side}_codes.bin"], dtype=np.uint8)
     codes = unpack_codes(packed, int(entry["bits"]), shape)
     dim_scale = _load_npy(data, f"{side}_dim_scale.npy") if entry.get("dim_scale") else None

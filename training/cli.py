@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -61,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     stats = data_commands.add_parser("stats", help="users, items, interactions, density")
     stats.add_argument("dataset")
     stats.add_argument("--data-dir")
+    retrain = commands.add_parser("retrain", help="the nightly job: merge logged interactions, train, gate, publish")
+    retrain.add_argument("--tolerance", type=float, default=0.05,
+                         help="publish if valid recall@20 >= (1 - tolerance) x the current model's (default 0.05)")
+    retrain.add_argument("--keep", type=int, default=5, help="versions kept after publishing (default 5)")
+    retrain.add_argument("--wait", action="store_true", help="wait for a running retrain instead of exiting 4")
+    retrain.add_argument("--force", action="store_true", help="train even if no new interaction was logged")
+    _add_config_flags(retrain)  # overrides of the current model's recorded settings (epochs, lr, ...)
+    rollback = commands.add_parser("rollback", help="point CURRENT back at an earlier version")
+    rollback.add_argument("version", nargs="?", help="default: the newest version older than the current one")
+    rollback.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
     serve = commands.add_parser("serve", help="serve <model dir>/CURRENT over HTTP (settings: GNAQ_* environment)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -110,16 +121,48 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import os
+def _model_dir(value: object) -> Path:
+    return Path(str(value)) if value else Path(os.environ.get("GNAQ_MODEL_DIR", "models"))
 
+
+def _retrain(args: argparse.Namespace) -> int:
+    from service.core.config import Settings
+    from training.interaction_log import RedisInteractionLog, SqliteInteractionLog
+    from training.retrain import EXIT_LOCKED, RetrainLocked, retrain, retrain_lock
+
+    fixed = ("command", "tolerance", "keep", "wait", "force", "model_dir", "data_dir", "dataset", "split",
+             "test_fraction", "version", "publish")
+    overrides = {k: v for k, v in vars(args).items() if k not in fixed}
+    model_dir = _model_dir(getattr(args, "model_dir", None))
+    service = Settings(model_dir=model_dir)  # where the service logs interactions: same settings, same place
+    try:
+        with retrain_lock(model_dir, wait=args.wait), logging_redirect_tqdm():
+            log = RedisInteractionLog(service.redis_url) if service.redis_url \
+                else SqliteInteractionLog(service.interaction_log_path)
+            outcome = retrain(model_dir, log, overrides=overrides, tolerance=args.tolerance, keep=args.keep,
+                              force=args.force, data_dir=getattr(args, "data_dir", None))
+    except RetrainLocked as error:
+        print(f"retrain: skipped; {error}")
+        return EXIT_LOCKED
+    print(outcome.summary())
+    return outcome.exit_code
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from training.retrain import rollback
+
+    print(f"CURRENT -> {rollback(_model_dir(args.model_dir), args.version)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from training.artifact import resolve_version
 
     if args.model_dir is not None:
         os.environ["GNAQ_MODEL_DIR"] = str(args.model_dir)  # read by the workers' settings
-    model_dir = Path(os.environ.get("GNAQ_MODEL_DIR", "models"))
+    model_dir = _model_dir(args.model_dir)
     print(f"serving {resolve_version(model_dir)} on http://{args.host}:{args.port} (docs at /docs)")
     uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, access_log=False)
@@ -130,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gnaq`` console script; errors become one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve}[args.command]
+    handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve,
+               "retrain": _retrain, "rollback": _rollback}[args.command]
     try:
         return handler(args)
     except ValidationError as error:

@@ -1,4 +1,5 @@
-"""The training job end to end: data -> fp32 warm start -> fp32 / PTQ / GNAQ -> test once -> artifact."""
+"""The training job end to end: data -> fp32 warm start -> fp32 / PTQ / GNAQ / a QAT baseline (LSQ, N2UQ,
+BiGeaR) -> test once -> artifact."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
 from model.graph import mean_adjacency, node_degrees, normalized_adjacency
 from model.lightgcn import LightGCN
 from model.quantized_table import QuantizedTable
-from model.quantizers import GNAQQuantizer, UniformQuantizer, graph_influence
+from model.quantizers import EmbeddingQuantizer, GNAQQuantizer, UniformQuantizer, graph_influence
 from training.artifact import ModelArtifact, read_artifact, write_artifact
 from training.config import TrainConfig
 from training.datasets import load_dataset
@@ -56,12 +58,18 @@ class TrainResult:
     manifest: dict
 
 
-def prepare(config: TrainConfig) -> Workspace:
-    """Load the dataset, carve the validation split and build the propagation graph."""
+def prepare(config: TrainConfig, data: Interactions | None = None,
+            valid_pairs: np.ndarray | None = None) -> Workspace:
+    """Load the dataset (unless given), carve the validation split (unless given), build the graph."""
     torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split,
-                        test_fraction=config.test_fraction, seed=config.seed)
-    fit_pairs, valid_pairs = validation_split(data.train, fraction=config.valid_fraction, seed=config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split,
+                            test_fraction=config.test_fraction, seed=config.seed)
+    if valid_pairs is None:
+        fit_pairs, valid_pairs = validation_split(data.train, fraction=config.valid_fraction, seed=config.seed)
+    else:  # e.g. retraining: validate on exactly the pairs the current model was validated on
+        held_out = set(map(tuple, valid_pairs.tolist()))
+        fit_pairs = data.train[[tuple(p) not in held_out for p in data.train.tolist()]]
     device = torch.device(config.device)
     adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
     return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)
@@ -70,7 +78,7 @@ def prepare(config: TrainConfig) -> Workspace:
 def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Table]:
     """The user and item tables exactly as the artifact stores them (codes or float32)."""
     with torch.no_grad():
-        final = model.propagate(adjacency)
+        final = model.quantizer_input(adjacency)
         n_users = model.n_users
         if model.quantizer is None:
             vectors = final.cpu().numpy().astype(np.float32)
@@ -141,25 +149,39 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
     return model, history
 
 
+def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
+    """LSQ / N2UQ initialised from the warm-start ``z`` like GNAQ; BiGeaR has nothing to initialise."""
+    c, n_users = ws.config, ws.data.n_users
+    if c.method == "bigear":
+        return BiGeaRQuantizer(n_users, layers=c.layers, gamma=c.bigear_gamma).to(ws.device)
+    quantizer = (LSQQuantizer if c.method == "lsq" else N2UQQuantizer)(c.bits, n_users).to(ws.device)
+    with torch.no_grad():
+        quantizer.initialize(model.propagate(ws.adjacency))
+    return quantizer
+
+
 def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
-    """Attach the method's quantizer to the trained fp32 ``model`` (and run GNAQ's QAT stage)."""
+    """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage)."""
     c, data = ws.config, ws.data
     if c.method == "ptq":
         model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq_granularity == "node")
         return []
-    quantizer = GNAQQuantizer(
-        c.bits, data.n_users, mean_adjacency=mean_adjacency(ws.fit_pairs, data.n_users, data.n_items,
-                                                            ws.device),
-        influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
-        dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
-    ).to(ws.device)
-    with torch.no_grad():
-        quantizer.initialize(model.propagate(ws.adjacency))
+    if c.method == "gnaq":
+        quantizer = GNAQQuantizer(
+            c.bits, data.n_users, mean_adjacency=mean_adjacency(ws.fit_pairs, data.n_users, data.n_items,
+                                                                ws.device),
+            influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
+            dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
+        ).to(ws.device)
+        with torch.no_grad():
+            quantizer.initialize(model.propagate(ws.adjacency))
+    else:
+        quantizer = _baseline_quantizer(ws, model)
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every),
-               stage=f"gnaq-{c.bits}bit", rng=rng, progress=c.progress)
+               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress)
 
 
 def _dataset_record(ws: Workspace) -> dict:
@@ -175,11 +197,19 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     q = model.quantizer
     if q is None:
         return None
-    record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node}
+    record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node, **q.record()}
     if isinstance(q, GNAQQuantizer):
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
                       clip=q.clip, layers=q.layers)
     return record
+
+
+def _served_description(model: LightGCN) -> str:
+    if model.quantizer is None:
+        return "final layer-mean embeddings, fp32"
+    if model.quantizer.per_layer:
+        return "layer-weighted concatenation of every layer's codes (d*(L+1) values per node)"
+    return "final layer-mean embeddings, quantized"
 
 
 def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]:
@@ -192,10 +222,14 @@ def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]
     return selected
 
 
-def run_training(config: TrainConfig) -> TrainResult:
-    """Train, select on validation, test once, export the artifact (published unless told not to)."""
+def run_training(config: TrainConfig, *, data: Interactions | None = None,
+                 valid_pairs: np.ndarray | None = None) -> TrainResult:
+    """Train, select on validation, test once, export the artifact (published unless told not to).
+
+    ``data`` and ``valid_pairs`` replace the configured dataset and validation carve (``gnaq retrain``).
+    """
     started = time.perf_counter()
-    ws = prepare(config)
+    ws = prepare(config, data, valid_pairs)
     model, history = train_full_precision(ws)
     if config.method != "fp32":
         history = history + quantize(ws, model)
@@ -209,13 +243,15 @@ def run_training(config: TrainConfig) -> TrainResult:
         "dim": config.dim, "layers": config.layers, "seed": config.seed,
         "quantizer": _quantizer_record(model), "dataset": _dataset_record(ws),
         "metrics": {"test": test, "valid": valid, "selection_metric": config.selection_metric},
-        "served": "final layer-mean embeddings, quantized" if model.quantizer else "final layer-mean embeddings, fp32",
+        "served": _served_description(model),
         "training": {"epochs_run": {r.stage: r.epoch for r in history}, "selected_epoch": _selected(history, config),
                      "seconds": time.perf_counter() - started,
                      "device": str(ws.device), "torch": torch.__version__},
         "config": config.model_dump(),
     }
-    arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:]}
+    # Degrees fold new users in; the validation pairs let a retrain gate on data neither model trained on.
+    arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:],
+              "valid_pairs": ws.valid_pairs.astype(np.int32)}
     if isinstance(model.quantizer, GNAQQuantizer) and model.quantizer.per_node and model.quantizer.dynamic:
         theta = model.quantizer.refined_theta(data.n_users + data.n_items)[data.n_users:]
         arrays["item_theta"] = theta.cpu().numpy().astype(np.float16)  # for folding in new users

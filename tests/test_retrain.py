@@ -1,0 +1,111 @@
+"""``gnaq retrain`` and ``gnaq rollback`` end to end: the service logs, the job consumes, gates, publishes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.core.config import Settings
+from service.main import create_app
+from training.artifact import list_versions, read_artifact, resolve_version
+from training.cli import main
+from training.interaction_log import GROUP, SqliteInteractionLog
+from training.retrain import retrain_lock
+
+KEY = "retrain-key"
+QUICK = ["--epochs", "2", "--qat-epochs", "2", "--eval-every", "1", "--patience", "1", "--no-progress"]
+
+
+def _post(client, pairs):
+    reply = client.post("/interactions", headers={"X-API-Key": KEY},
+                        json=[{"user_id": u, "item_id": i} for u, i in pairs])
+    assert reply.status_code == 200, reply.text
+
+
+def _pending(url):
+    return redis.Redis.from_url(url).xpending("gnaq:interactions", GROUP)["pending"]
+
+
+@pytest.fixture
+def service(model_dir, redis_url, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url)  # what `gnaq retrain` reads, like the cron job's environment
+    settings = Settings(model_dir=model_dir, redis_url=redis_url, api_keys=[KEY], reload_poll_seconds=0.1)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, model_dir, redis_url, capsys):
+    artifact = read_artifact(model_dir)
+    old = artifact.manifest["version"]
+    _post(service, [("night-user", artifact.item_ids[0]), ("night-user", artifact.item_ids[1]),
+                    (artifact.user_ids[0], artifact.item_ids[2])])
+    assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("retrain: published") and "3 new interactions" in summary
+    new = resolve_version(model_dir).name
+    assert new != old and "night-user" in read_artifact(model_dir).user_ids
+    assert redis.Redis.from_url(redis_url).xlen("gnaq:interactions") == 0  # acknowledged and deleted
+    deadline = time.monotonic() + 10
+    while service.get("/readyz").json()["model_version"] != new:
+        assert time.monotonic() < deadline, "the service did not pick up the new version"
+        time.sleep(0.05)
+    assert service.get("/recommend/night-user").json()["model_version"] == new
+
+    assert main(["retrain", "--model-dir", str(model_dir), *QUICK]) == 0  # nothing new: skipped
+    assert "skipped" in capsys.readouterr().out
+    assert main(["rollback", "--model-dir", str(model_dir)]) == 0
+    assert resolve_version(model_dir).name == old
+    assert main(["rollback", "nope", "--model-dir", str(model_dir)]) == 2
+
+
+def test_a_worse_model_is_refused_and_nothing_is_consumed(service, model_dir, redis_url, capsys):
+    artifact = read_artifact(model_dir)
+    old = resolve_version(model_dir).name
+    _post(service, [(artifact.user_ids[1], artifact.item_ids[3])])
+    # A learning rate of 1e-9 leaves the embeddings at their random start: far below the current model.
+    assert main(["retrain", "--model-dir", str(model_dir), "--lr", "1e-9", "--qat-lr", "1e-9", *QUICK]) == 3
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("retrain: refused") and "quality gate" in summary
+    assert resolve_version(model_dir).name == old and len(list_versions(model_dir)) == 2  # kept for inspection
+    assert _pending(redis_url) == 1
+
+
+def test_a_killed_run_leaves_current_and_the_pending_log_intact(service, model_dir, redis_url):
+    artifact = read_artifact(model_dir)
+    old = resolve_version(model_dir).name
+    _post(service, [(artifact.user_ids[2], artifact.item_ids[4]), ("killed-user", artifact.item_ids[5])])
+    job = subprocess.Popen([sys.executable, "-m", "training.cli", "retrain", "--model-dir", str(model_dir),
+                            "--epochs", "400", "--eval-every", "1", "--no-progress"],
+                           env={**os.environ, "REDIS_URL": redis_url}, stderr=subprocess.PIPE, text=True)
+    for line in job.stderr:  # kill it once it is training
+        if "epoch" in line:
+            break
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert resolve_version(model_dir).name == old and list_versions(model_dir) == [old]
+    read_artifact(model_dir)  # the published artifact still verifies
+    assert _pending(redis_url) == 2  # claimed by the dead run, never acknowledged
+    assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
+    assert "killed-user" in read_artifact(model_dir).user_ids and _pending(redis_url) == 0
+
+
+def test_two_runs_never_overlap(model_dir, capsys):
+    with retrain_lock(model_dir, wait=False):
+        assert main(["retrain", "--model-dir", str(model_dir), *QUICK]) == 4
+    assert "another retrain holds" in capsys.readouterr().out
+
+
+def test_embedded_log_is_consumed_through_a_cursor(tmp_path):
+    path = tmp_path / "interactions.sqlite3"
+    log = SqliteInteractionLog(path)
+    log._db.executemany("INSERT INTO interactions (user_id, item_id, timestamp, received_at) VALUES (?, ?, 0, 0)",
+                        [("u", "a"), ("u", "b"), ("v", "a")])
+    first = log.pending()
+    assert [(e.user_id, e.item_id) for e in first] == [("u", "a"), ("u", "b"), ("v", "a")]
+    log.ack(first[:2])
+    assert [(e.user_id, e.item_id) for e in SqliteInteractionLog(path).pending()] == [("v", "a")]
