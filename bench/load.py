@@ -1,8 +1,9 @@
 """HTTP load benchmark of the service, side by side in one run, against real uvicorn processes.
 
 Scenarios, each at 1 and 16 concurrent connections (wrk, one client thread, keep-alive):
-``/healthz`` (the floor of the HTTP stack), a cache hit, a cache miss on the float index, a cache
-miss on the codes index, and ``POST /interactions``. Every scenario starts from an empty cache
+``/healthz`` (the floor of the HTTP stack), a cache hit from the replica's near cache, a cache hit
+through Redis (near cache off), a cache miss on the float index, a cache miss on the codes index,
+and ``POST /interactions``. Every scenario starts from an empty cache
 (Redis ``FLUSHDB``); misses walk through distinct users so none is served from the cache, and the
 hit/miss counters of ``/metrics`` are recorded to prove it. A last check posts an interaction and
 immediately reads that user's recommendations, which must already exclude the posted item.
@@ -36,10 +37,11 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 @contextlib.contextmanager
-def server(model_dir: Path, port: int, index: str, redis_url: str):
+def server(model_dir: Path, port: int, index: str, redis_url: str, near_cache: bool = True):
     """``gnaq serve`` with the given index until the block ends."""
     env = {**os.environ, "REDIS_URL": redis_url, "GNAQ_INDEX": index, "GNAQ_API_KEYS": KEY,
-           "GNAQ_RELOAD_POLL_SECONDS": "0", "GNAQ_MAX_K": "100"}
+           "GNAQ_RELOAD_POLL_SECONDS": "0", "GNAQ_MAX_K": "100",
+           "GNAQ_NEAR_CACHE_ENTRIES": "100000" if near_cache else "0"}
     process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port),
                                 "--model-dir", str(model_dir), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -67,6 +69,9 @@ def write_scripts(folder: Path, users: list[str], items: list[str]) -> dict[str,
     walk.write_text(f"""
 local users = {_lua_list(users)}
 local n = 0
+init = function(args)
+  n = tonumber(args[1]) or 0  -- where this run starts in the user list: no two runs share users
+end
 request = function()
   n = n + 1
   return wrk.format("GET", "/recommend/" .. users[(n % #users) + 1] .. "?k=10")
@@ -88,11 +93,13 @@ end
     return {"walk": walk, "post": post}
 
 
-def run_wrk(url: str, connections: int, seconds: int, script: Path | None = None) -> dict[str, float]:
+def run_wrk(url: str, connections: int, seconds: int, script: Path | None = None,
+            script_args: tuple[str, ...] = ()) -> dict[str, float]:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run([*command, url, "--", *script_args], capture_output=True, text=True,
+                            check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
     for percentile in ("50", "99"):
         value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)", output, re.M).groups()
@@ -140,12 +147,16 @@ def main() -> None:
                      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                      "rows": []}
 
+    walked = [0]  # users already used by earlier miss runs (their bodies may be cached now)
+
     def record(name: str, url: str, connections: int, script: Path | None = None, path: str = "") -> None:
         before = cache_counts(url)
-        row = run_wrk(url + path, connections, args.seconds, script)
+        row = run_wrk(url + path, connections, args.seconds, script, (str(walked[0]),))
         after = cache_counts(url)
         row.update(scenario=name, connections=connections,
                    **{k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses")})
+        if script is not None and script.name == "walk.lua":
+            walked[0] += int(row["hits"] + row["misses"])
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
 
@@ -156,13 +167,18 @@ def main() -> None:
             for connections in (1, 16):
                 record("healthz", url, connections, path="/healthz")
                 httpx.get(f"{url}/recommend/{users[0]}?k=10")
-                record("cache hit", url, connections, path=f"/recommend/{users[0]}?k=10")
+                record("cache hit (replica memory)", url, connections, path=f"/recommend/{users[0]}?k=10")
                 flush()
                 record("cache miss, float index", url, connections, scripts["walk"])
                 flush()
                 record("POST /interactions", url, connections, scripts["post"])
             flush()
             results["read_your_writes"] = {"checked": 100, "reflected": check_read_your_writes(url, users, items)}
+        flush()
+        with server(args.model_dir, args.port, "float", redis_url, near_cache=False) as url:
+            httpx.get(f"{url}/recommend/{users[0]}?k=10")
+            for connections in (1, 16):
+                record("cache hit (Redis round trip)", url, connections, path=f"/recommend/{users[0]}?k=10")
         flush()
         with server(args.model_dir, args.port, "codes", redis_url) as url:
             for connections in (1, 16):
@@ -175,8 +191,8 @@ def main() -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Model {results['model']}: {results['n_users']:,} users, {results['n_items']:,} items, d={results['dim']}, "
-             f"{results['bits']} bits; {results['seconds']} s per row; {results['machine']}.", "",
+    lines = [f"Model {results['model']}: {results['n_users']:,} users, {results['n_items']:,} items, "
+             f"d={results['dim']}, {results['bits']} bits; {results['seconds']} s per row; {results['machine']}.", "",
              "| scenario | clients | p50 ms | p99 ms | req/s | cache hits / misses | non-2xx |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 
 import faiss
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from service.api.deps import require_read_key
 from service.api.routes import admin, health, interactions, items, recommend
 from service.core import problems
 from service.core.config import Settings
@@ -47,7 +48,8 @@ def open_store(settings: Settings) -> Store:
         return RedisStore(settings.redis_url, timeout=settings.redis_timeout_seconds,
                           retry_seconds=settings.redis_retry_seconds, codes_ttl=settings.user_state_ttl_seconds,
                           write_timeout=settings.redis_write_timeout_seconds,
-                          near_ttl=settings.cache_ttl_seconds * (1 - settings.cache_ttl_jitter))
+                          near_ttl=settings.cache_ttl_seconds * (1 - settings.cache_ttl_jitter),
+                          near_capacity=settings.near_cache_entries)
     return LocalStore(settings.interaction_log_path)
 
 
@@ -83,7 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="GNAQ-Rec", version="0.1.0", lifespan=lifespan,
                   description="Recommendations from node-aware quantized graph embeddings (GNAQ).")
     app.state.settings, app.state.metrics = settings, metrics
-    for module in (recommend, items, interactions, admin, health):
+    reads = [] if settings.open_reads else [Depends(require_read_key)]
+    for module in (recommend, items):
+        app.include_router(module.router, dependencies=reads)
+    for module in (interactions, admin, health):
         app.include_router(module.router)
     problems.install(app, _PROBLEMS)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -41,21 +41,23 @@ async def require_api_key(request: Request, key: Annotated[str | None, Security(
     check_api_key(key, request.app.state.settings.api_keys)
 
 
-async def read_access(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """Reads: open unless ``GNAQ_OPEN_READS=false``."""
-    settings = request.app.state.settings
-    if not settings.open_reads:
-        check_api_key(key, settings.api_keys)
+async def require_read_key(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Reads when ``GNAQ_OPEN_READS=false`` (attached by the app factory, so open reads pay nothing)."""
+    check_api_key(key, request.app.state.settings.api_keys)
 
 
-async def top_k(request: Request,
-                k: Annotated[int, Query(ge=1, description="how many items (1 to GNAQ_MAX_K)")] = 10) -> int:
+KQuery = Annotated[int, Query(ge=1, description="how many items (1 to GNAQ_MAX_K)")]
+
+
+def bounded_k(request: Request, k: int) -> int:
+    """``k`` within the configured maximum, else a 422 shaped like every other validation error.
+
+    A plain call, not a dependency: on ``GET /recommend`` a cache hit costs little more than FastAPI's
+    dependency solving, so the read endpoints take ``Request`` and ``k`` directly (one node to solve).
+    """
     settings = request.app.state.settings
     if k > settings.max_k:
         raise Problem(422, "validation-error", f"query.k: must be at most {settings.max_k}",
                       errors=[{"location": "query.k", "message": f"must be at most {settings.max_k}",
                                "type": "less_than_equal"}])
     return k
-
-
-K = Annotated[int, Depends(top_k)]

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, ge=1, description="most interactions in one POST /interactions")
     cache_ttl_seconds: float = Field(300.0, ge=0, description="lifetime of a cached result (0 disables the cache)")
     cache_ttl_jitter: float = Field(0.1, ge=0, le=1, description="TTLs are spread by up to this fraction")
+    near_cache_entries: int = Field(100_000, ge=0, description="users whose cached bodies each replica also keeps "
+                                    "in memory (Redis store only; 0: every hit goes to Redis)")
     user_state_ttl_seconds: int = Field(7 * 86400, ge=1, description="lifetime of requantized user codes")
     reload_poll_seconds: float = Field(5.0, ge=0, description="how often CURRENT is checked (0: never poll)")
     redis_timeout_seconds: float = Field(0.25, gt=0, description="per-command Redis timeout of reads")

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path, Request
 
-from service.api.deps import K, RecommenderDep, read_access
+from service.api.deps import KQuery, RecommenderDep, bounded_k
 from service.api.schemas import ExternalId, ScoredItem, SimilarItems
 from service.core.problems import Problem
 from service.engine.recommender import UnknownItems
 
-router = APIRouter(tags=["items"], dependencies=[Depends(read_access)])
+router = APIRouter(tags=["items"])
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems,
             responses={404: {"description": "unknown item (problem+json)"}})
-def similar(item_id: Annotated[ExternalId, Path(description="item id as in the training data")], k: K,
-            recommender: RecommenderDep) -> SimilarItems:
+def similar(item_id: Annotated[ExternalId, Path(description="item id as in the training data")],
+            request: Request, recommender: RecommenderDep, k: KQuery = 10) -> SimilarItems:
     """The ``k`` items with the highest inner product with this item's served vector (itself excluded)."""
     try:
-        model, rows, scores = recommender.similar_items(item_id, k)
+        model, rows, scores = recommender.similar_items(item_id, bounded_k(request, k))
     except UnknownItems:
         raise Problem(404, "unknown-item", f"item {item_id!r} is not in model version "
                       f"{recommender.registry.model.version}") from None

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
-from service.api.deps import K, RecommenderDep, read_access
+from service.api.deps import KQuery, bounded_k
 from service.api.schemas import ExternalId, Recommendations
+from service.engine.recommender import Recommender
 
-router = APIRouter(tags=["recommendations"], dependencies=[Depends(read_access)])
+router = APIRouter(tags=["recommendations"])
 
 
 @router.get("/recommend/{user_id}", response_model=Recommendations,
             responses={404: {"description": "unknown user (problem+json)"}})
 async def recommend(user_id: Annotated[ExternalId, Path(description="user id as in the training data")],
-                    k: K, recommender: RecommenderDep) -> Response:
+                    request: Request, k: KQuery = 10) -> Response:
     """Top ``k`` items for ``user_id``, excluding items it interacted with (training data and posts since)."""
-    body, _cached = await recommender.recommend(user_id, k)
+    recommender: Recommender = request.app.state.recommender
+    body, _cached = await recommender.recommend(user_id, bounded_k(request, k))
     # The body is already serialised (and cached as bytes): skip re-validation on the hot path.
     return Response(body, media_type="application/json")
