@@ -3,12 +3,16 @@
 Scenarios, each at 1 and 16 concurrent connections (wrk, one client thread, keep-alive):
 ``/healthz`` (the floor of the HTTP stack), a cache hit from the replica's near cache, a cache hit
 through Redis (near cache off), a cache miss on the float index, a cache miss on the codes index,
-and ``POST /interactions``. Every scenario starts from an empty cache
-(Redis ``FLUSHDB``); misses walk through distinct users so none is served from the cache, and the
-hit/miss counters of ``/metrics`` are recorded to prove it. A last check posts an interaction and
+and ``POST /interactions``. Misses walk through users no earlier run
+touched, so none is served from a cache, and the hit/miss counters of ``/metrics`` are recorded to
+prove it. A last check posts an interaction and
 immediately reads that user's recommendations, which must already exclude the posted item.
 
-Usage: python bench/load.py MODEL_DIR [--seconds 10] [--json runs/load.json]
+The machine's speed drifts by 2-3x over minutes (shared host), so scenarios are interleaved in rounds
+against three servers started side by side (float index; float index with the near cache off; codes
+index) and the medians over rounds are reported.
+
+Usage: python bench/load.py MODEL_DIR [--seconds 5] [--rounds 3] [--json runs/load.json]
 Needs ``wrk`` (Debian package) and a Redis at REDIS_URL (default redis://127.0.0.1:6379/14).
 """
 
@@ -21,6 +25,7 @@ import os
 import platform
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,60 +136,61 @@ def check_read_your_writes(url: str, users: list[str], items: list[str], n: int 
     return reflected
 
 
+SCENARIOS = [  # (name, server, path or script): run in this order, at each concurrency, in every round
+    ("healthz", "float", "/healthz"),
+    ("cache hit (replica memory)", "float", "hit"),
+    ("cache hit (Redis round trip)", "redis-only", "hit"),
+    ("cache miss, float index", "float", "walk"),
+    ("cache miss, codes index", "codes", "walk"),
+    ("POST /interactions", "float", "post"),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
     parser.add_argument("--port", type=int, default=8321)
     parser.add_argument("--json", type=Path, default=Path("runs/load.json"))
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-    flush = redis.Redis.from_url(redis_url).flushdb
+    redis.Redis.from_url(redis_url).flushdb()
     artifact = read_artifact(args.model_dir)
     users, items = artifact.user_ids, artifact.item_ids
-    results: dict = {"model": artifact.manifest["version"], "n_users": len(users), "n_items": len(items),
-                     "dim": artifact.dim, "bits": artifact.manifest.get("bits"), "seconds": args.seconds,
-                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "rows": []}
-
-    walked = [0]  # users already used by earlier miss runs (their bodies may be cached now)
-
-    def record(name: str, url: str, connections: int, script: Path | None = None, path: str = "") -> None:
-        before = cache_counts(url)
-        row = run_wrk(url + path, connections, args.seconds, script, (str(walked[0]),))
-        after = cache_counts(url)
-        row.update(scenario=name, connections=connections,
-                   **{k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses")})
-        if script is not None and script.name == "walk.lua":
-            walked[0] += int(row["hits"] + row["misses"])
-        results["rows"].append(row)
-        print(json.dumps(row), flush=True)
-
-    with tempfile.TemporaryDirectory() as folder:
+    hit_path = f"/recommend/{users[0]}?k=10"
+    runs: dict[tuple[str, int], list[dict]] = {}
+    walked = 0  # users already used by earlier miss runs: every miss run starts on fresh users
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         scripts = write_scripts(Path(folder), random.Random(0).sample(users, len(users)), items)
-        flush()
-        with server(args.model_dir, args.port, "float", redis_url) as url:
+        urls = {name: stack.enter_context(server(args.model_dir, args.port + n, index, redis_url, near))
+                for n, (name, index, near) in enumerate([("float", "float", True), ("redis-only", "float", False),
+                                                         ("codes", "codes", True)])}
+        for url in urls.values():
+            httpx.get(url + hit_path).raise_for_status()
+        for _ in range(args.rounds):
             for connections in (1, 16):
-                record("healthz", url, connections, path="/healthz")
-                httpx.get(f"{url}/recommend/{users[0]}?k=10")
-                record("cache hit (replica memory)", url, connections, path=f"/recommend/{users[0]}?k=10")
-                flush()
-                record("cache miss, float index", url, connections, scripts["walk"])
-                flush()
-                record("POST /interactions", url, connections, scripts["post"])
-            flush()
-            results["read_your_writes"] = {"checked": 100, "reflected": check_read_your_writes(url, users, items)}
-        flush()
-        with server(args.model_dir, args.port, "float", redis_url, near_cache=False) as url:
-            httpx.get(f"{url}/recommend/{users[0]}?k=10")
-            for connections in (1, 16):
-                record("cache hit (Redis round trip)", url, connections, path=f"/recommend/{users[0]}?k=10")
-        flush()
-        with server(args.model_dir, args.port, "codes", redis_url) as url:
-            for connections in (1, 16):
-                flush()
-                record("cache miss, codes index", url, connections, scripts["walk"])
-        flush()
+                for name, target, what in SCENARIOS:
+                    url = urls[target]
+                    before = cache_counts(url)
+                    script = scripts.get(what)
+                    row = run_wrk(url + (hit_path if what == "hit" else what if script is None else ""),
+                                  connections, args.seconds, script, (str(walked),))
+                    after = cache_counts(url)
+                    row.update({k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses")})
+                    walked += int(row["hits"] + row["misses"]) if what == "walk" else 0
+                    runs.setdefault((name, connections), []).append(row)
+                    print(name, connections, json.dumps(row), flush=True)
+        reflected = check_read_your_writes(urls["float"], users, items)
+    results = {"model": artifact.manifest["version"], "n_users": len(users), "n_items": len(items),
+               "dim": artifact.dim, "bits": artifact.manifest.get("bits"), "seconds": args.seconds,
+               "rounds": args.rounds, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "read_your_writes": {"checked": 100, "reflected": reflected},
+               "rows": [{"scenario": name, "connections": c,
+                         **{k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "rps")},
+                         **{k: sum(r[k] for r in rows) for k in ("hits", "misses", "non_2xx")}}
+                        for (name, c), rows in sorted(runs.items(), key=lambda item: item[0][1])],
+               "runs": [{"scenario": name, "connections": c, "runs": rows} for (name, c), rows in runs.items()]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     print(markdown(results))
@@ -192,8 +198,9 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [f"Model {results['model']}: {results['n_users']:,} users, {results['n_items']:,} items, "
-             f"d={results['dim']}, {results['bits']} bits; {results['seconds']} s per row; {results['machine']}.", "",
-             "| scenario | clients | p50 ms | p99 ms | req/s | cache hits / misses | non-2xx |",
+             f"d={results['dim']}, {results['bits']} bits; medians of {results['rounds']} interleaved runs of "
+             f"{results['seconds']} s; {results['machine']}.", "",
+             "| scenario | clients | p50 ms | p99 ms | req/s | cache hits / misses (all runs) | non-2xx |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:
         lines.append(f"| {r['scenario']} | {r['connections']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
