@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import shutil
 import time
@@ -30,6 +31,7 @@ import torch
 
 from training.artifact import (
     CURRENT_FILE,
+    MANIFEST_FILE,
     ArtifactError,
     ModelArtifact,
     list_versions,
@@ -170,10 +172,19 @@ def rollback(model_dir: Path, version: str | None = None) -> str:
     """Point ``CURRENT`` at ``version`` (default: the newest version older than the current one), verified."""
     current = resolve_version(model_dir).name
     if version is None:
-        older = [v for v in list_versions(model_dir) if v < current]
+        created = {v: _created_at(Path(model_dir) / v) for v in list_versions(model_dir)}
+        older = sorted((when, v) for v, when in created.items() if when < created[current])
         if not older:
             raise ArtifactError(f"no version older than {current} in {model_dir}")
-        version = older[-1]
+        version = older[-1][1]
     read_artifact(Path(model_dir) / version)  # refuse to publish a missing or corrupt version
     publish_version(model_dir, version)
     return version
+
+
+def _created_at(version_dir: Path) -> str:
+    """A version's creation time from its manifest (names need not sort chronologically); '' if unreadable."""
+    try:
+        return str(json.loads((version_dir / MANIFEST_FILE).read_text()).get("created_at", ""))
+    except (OSError, ValueError):
+        return ""
