@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from service.core.config import Settings
 from service.main import create_app
-from training.artifact import list_versions, read_artifact, resolve_version
+from training.artifact import list_versions, read_artifact, resolve_version, write_artifact
 from training.cli import main
 from training.interaction_log import GROUP, SqliteInteractionLog
-from training.retrain import retrain_lock
+from training.retrain import prune, retrain_lock
 
 KEY = "retrain-key"
 QUICK = ["--epochs", "2", "--qat-epochs", "2", "--eval-every", "1", "--patience", "1", "--no-progress"]
@@ -74,6 +74,8 @@ def test_a_worse_model_is_refused_and_nothing_is_consumed(service, model_dir, re
     assert resolve_version(model_dir).name == old
     assert len(set(list_versions(model_dir)) - set(versions)) == 1  # the refused candidate, kept for inspection
     assert _pending(redis_url) == 1
+    assert main(["rollback", "--model-dir", str(model_dir)]) == 2  # the refused candidate was never published
+    assert resolve_version(model_dir).name == old
 
 
 def test_a_killed_run_leaves_current_and_the_pending_log_intact(service, model_dir, redis_url):
@@ -110,3 +112,13 @@ def test_embedded_log_is_consumed_through_a_cursor(tmp_path):
     assert [(e.user_id, e.item_id) for e in first] == [("u", "a"), ("u", "b"), ("v", "a")]
     log.ack(first[:2])
     assert [(e.user_id, e.item_id) for e in SqliteInteractionLog(path).pending()] == [("v", "a")]
+
+
+def test_prune_keeps_current_and_recently_published(model_dir):
+    artifact = read_artifact(model_dir)
+    for name in ("a1", "a2", "a3", "a4"):
+        write_artifact(model_dir, artifact, version=name, publish=name in ("a2", "a3"))
+    before = set(list_versions(model_dir))
+    deleted = prune(model_dir, keep=2)
+    assert resolve_version(model_dir).name == "a3" and {"a2", "a3"} <= set(list_versions(model_dir))
+    assert set(deleted) == before - {"a2", "a3"} and len(list_versions(model_dir)) == 2

@@ -41,6 +41,7 @@ from model.quantized_table import QuantizedTable
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
+PUBLISHED_FILE = "PUBLISHED"  # every version CURRENT has named, one per line, oldest first
 MANIFEST_FILE = "manifest.json"
 IDS_FILE = "ids.json"
 TRAIN_FILE = "train_interactions.npz"
@@ -305,6 +306,18 @@ def publish_version(model_dir: Path, version: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(model_dir)
+    with open(model_dir / PUBLISHED_FILE, "a", encoding="utf-8") as history:  # what rollback walks back
+        history.write(f"{version}\n")
+        history.flush()
+        os.fsync(history.fileno())
+
+
+def published_versions(model_dir: Path) -> list[str]:
+    """Versions in the order they were published (``PUBLISHED``); ``[]`` if none recorded."""
+    try:
+        return (Path(model_dir) / PUBLISHED_FILE).read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return []
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import shutil
 import time
@@ -31,11 +30,11 @@ import torch
 
 from training.artifact import (
     CURRENT_FILE,
-    MANIFEST_FILE,
     ArtifactError,
     ModelArtifact,
     list_versions,
     publish_version,
+    published_versions,
     read_artifact,
     resolve_version,
 )
@@ -127,10 +126,11 @@ def current_score(current: ModelArtifact, fit_pairs: np.ndarray, valid_pairs: np
 
 
 def prune(model_dir: Path, keep: int) -> list[str]:
-    """Delete the oldest versions beyond ``keep`` (never the one ``CURRENT`` names)."""
+    """Delete old versions beyond ``keep``; the current one and the last ``keep`` published are never deleted."""
     current = resolve_version(model_dir).name
-    versions = [v for v in list_versions(model_dir) if v != current]
-    doomed = versions[:max(0, len(versions) - (keep - 1))]
+    protected = {current, *published_versions(model_dir)[-keep:]}
+    others = [v for v in list_versions(model_dir) if v not in protected]
+    doomed = others[:max(0, len(others) - max(0, keep - len(protected)))]
     for version in doomed:
         shutil.rmtree(model_dir / version)
     return doomed
@@ -169,22 +169,16 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
 
 
 def rollback(model_dir: Path, version: str | None = None) -> str:
-    """Point ``CURRENT`` at ``version`` (default: the newest version older than the current one), verified."""
+    """Point ``CURRENT`` at ``version`` (default: the version published before the current one), verified.
+
+    Refused candidates were never published, so the default never lands on one.
+    """
     current = resolve_version(model_dir).name
     if version is None:
-        created = {v: _created_at(Path(model_dir) / v) for v in list_versions(model_dir)}
-        older = sorted((when, v) for v, when in created.items() if when < created[current])
-        if not older:
-            raise ArtifactError(f"no version older than {current} in {model_dir}")
-        version = older[-1][1]
+        earlier = [v for v in published_versions(model_dir) if v != current and (Path(model_dir) / v).is_dir()]
+        if not earlier:
+            raise ArtifactError(f"no earlier published version to roll back to in {model_dir}")
+        version = earlier[-1]
     read_artifact(Path(model_dir) / version)  # refuse to publish a missing or corrupt version
     publish_version(model_dir, version)
     return version
-
-
-def _created_at(version_dir: Path) -> str:
-    """A version's creation time from its manifest (names need not sort chronologically); '' if unreadable."""
-    try:
-        return str(json.loads((version_dir / MANIFEST_FILE).read_text()).get("created_at", ""))
-    except (OSError, ValueError):
-        return ""
