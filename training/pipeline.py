@@ -28,7 +28,7 @@ from training.evaluate import evaluate_ranking, pairs_to_csr
 from training.interactions import Interactions
 from training.plots import training_curve_png
 from training.sampling import NegativeSampler
-from training.splits import validation_split
+from training.splits import validation_split, without_pairs
 from training.trainer import EpochRecord, FitSettings, fit
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def prepare(config: TrainConfig, data: Interactions | None = None,
     if valid_pairs is None:
         fit_pairs, valid_pairs = validation_split(data.train, fraction=config.valid_fraction, seed=config.seed)
     else:  # e.g. retraining: validate on exactly the pairs the current model was validated on
-        held_out = set(map(tuple, valid_pairs.tolist()))
-        fit_pairs = data.train[[tuple(p) not in held_out for p in data.train.tolist()]]
+        fit_pairs = without_pairs(data.train, valid_pairs)
     device = torch.device(config.device)
     adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
     return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)

@@ -44,6 +44,7 @@ from training.evaluate import evaluate_ranking, pairs_to_csr
 from training.interaction_log import InteractionLog, LoggedInteraction
 from training.interactions import Interactions
 from training.pipeline import run_training, table_vectors
+from training.splits import without_pairs
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ def merge(current: ModelArtifact, base: Interactions,
     test = [(users[base.user_ids[u]], items[base.item_ids[i]]) for u, i in base.test
             if base.user_ids[u] in users and base.item_ids[i] in items]
     test = np.array(test, dtype=np.int64).reshape(-1, 2)
-    seen = set(map(tuple, train.tolist()))
-    test = test[[tuple(p) not in seen for p in test.tolist()]] if len(test) else test
+    test = without_pairs(test, train)
     data = Interactions(name=base.name, n_users=len(user_ids), n_items=len(item_ids), train=train, test=test,
                         user_ids=user_ids, item_ids=item_ids, split=base.split, warnings=dict(base.warnings))
     if "valid_pairs" not in current.arrays:
@@ -152,9 +152,7 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
                             "version": None, "progress": False})
     result = run_training(config, data=data, valid_pairs=valid_pairs)
     candidate = result.manifest["metrics"]["valid"][GATE_METRIC]
-    fit = np.array(sorted(set(map(tuple, data.train.tolist())) - set(map(tuple, valid_pairs.tolist()))),
-                   dtype=np.int64).reshape(-1, 2)
-    baseline = current_score(current, fit, valid_pairs)
+    baseline = current_score(current, without_pairs(data.train, valid_pairs), valid_pairs)
     version = result.path.name
     if candidate < (1 - tolerance) * baseline:
         reason = (f"quality gate: {candidate:.4f} < (1 - {tolerance}) x {baseline:.4f}; kept unpublished in "

@@ -51,3 +51,12 @@ def validation_split(train: np.ndarray, *, fraction: float = 0.1,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(fit, valid)``: a per-user random carve of the training pairs, for early stopping and model selection."""
     return random_split(train, test_fraction=fraction, seed=seed)
+
+
+def without_pairs(pairs: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """``pairs`` minus every ``(user, item)`` pair that occurs in ``removed``, order kept."""
+    if len(pairs) == 0 or len(removed) == 0:
+        return pairs
+    width = int(max(pairs[:, 1].max(), removed[:, 1].max())) + 1
+    keys = pairs[:, 0].astype(np.int64) * width + pairs[:, 1]
+    return pairs[~np.isin(keys, removed[:, 0].astype(np.int64) * width + removed[:, 1])]
