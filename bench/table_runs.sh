@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark table (fp32, PTQ, GNAQ at 1/2/4 bits, GNAQ ablations) for one dataset (DATASET, default
+# The benchmark table (fp32, PTQ, GNAQ at 1/2/4 bits, GNAQ ablations, LSQ / N2UQ / BiGeaR baselines) for one dataset (DATASET, default
 # ml-100k: per-user random 80/20) and one seed (SEED, default 0), d=64, L=3. The seed fixes the split (where
 # the dataset has no official one), the validation carve, the initialisation and the negative samples.
 # All runs of a seed share one fp32 warm start (cached in $MODEL_DIR/.cache).
@@ -24,3 +24,8 @@ for bits in 2 1 4; do run "gnaq-${bits}bit" --method gnaq --bits "$bits"; done
 run gnaq-2bit-no-node-aware --method gnaq --bits 2 --no-node-aware
 run gnaq-2bit-no-dynamic --method gnaq --bits 2 --no-dynamic
 run gnaq-2bit-ste --method gnaq --bits 2 --estimator ste
+for bits in 2 1 4; do
+  run "lsq-${bits}bit" --method lsq --bits "$bits"
+  run "n2uq-${bits}bit" --method n2uq --bits "$bits"
+done
+run bigear-1bit --method bigear --bits 1
