@@ -251,3 +251,12 @@ def test_a_post_on_one_replica_invalidates_the_near_cache_of_another(model_dir, 
         while top in {i["item_id"] for i in a.get(f"/recommend/{user}").json()["items"]}:
             assert time.monotonic() < deadline, "replica A kept serving a result from before the post"
             time.sleep(0.01)
+
+
+def test_openapi_documents_every_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/recommend/{user_id}", "/interactions", "/items/{item_id}/similar", "/healthz", "/readyz", "/metrics",
+            "/admin/reload"} <= set(spec["paths"])
+    recommend = spec["paths"]["/recommend/{user_id}"]["get"]
+    assert {p["name"] for p in recommend["parameters"]} == {"user_id", "k"}
+    assert client.get("/docs").status_code == 200
