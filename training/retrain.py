@@ -40,10 +40,10 @@ from training.artifact import (
 )
 from training.config import TrainConfig
 from training.datasets import load_dataset
-from training.evaluate import evaluate_ranking, pairs_to_csr
+from training.evaluate import pairs_to_csr
 from training.interaction_log import InteractionLog, LoggedInteraction
 from training.interactions import Interactions
-from training.pipeline import run_training, table_vectors
+from training.pipeline import rank_tables, run_training
 from training.splits import without_pairs
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ def current_score(current: ModelArtifact, fit_pairs: np.ndarray, valid_pairs: np
     n_users, n_items = len(current.user_ids), len(current.item_ids)
     known = (fit_pairs[:, 0] < n_users) & (fit_pairs[:, 1] < n_items)
     exclude, relevant = pairs_to_csr(fit_pairs[known], n_users, n_items), pairs_to_csr(valid_pairs, n_users, n_items)
-    users, items = (torch.from_numpy(table_vectors(t)) for t in (current.user, current.item))
-    return evaluate_ranking(users, items, exclude, relevant, [20])[GATE_METRIC]
+    return rank_tables(current.user, current.item, exclude, relevant, [20], torch.device("cpu"))[GATE_METRIC]
 
 
 def prune(model_dir: Path, keep: int) -> list[str]:

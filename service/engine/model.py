@@ -14,6 +14,7 @@ from model.foldin import FoldIn
 from model.quantized_table import QuantizedTable
 from service.engine.index import CodeIndex, ItemIndex, build_index
 from training.artifact import ArtifactError, read_artifact
+from training.evaluate import pairs_to_csr
 
 log = logging.getLogger(__name__)
 Table = QuantizedTable | np.ndarray
@@ -24,7 +25,6 @@ class ServedModel:
     """Immutable: a reload builds a new one and swaps the reference, so a request sees one version."""
 
     version: str
-    path: Path
     manifest: dict[str, Any]
     users: dict[str, int]
     item_ids: list[str]
@@ -46,14 +46,11 @@ class ServedModel:
             log.warning("version %s has no per-row codes (fp32 or segmented): serving it from the float index",
                         manifest["version"])
             kind = "float"
-        pairs = artifact.train_pairs
-        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-        indptr = np.zeros(len(artifact.user_ids) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pairs[:, 0], minlength=len(artifact.user_ids)), out=indptr[1:])
-        model = cls(version=manifest["version"], path=Path(path), manifest=manifest,
+        seen = pairs_to_csr(artifact.train_pairs, len(artifact.user_ids), len(artifact.item_ids))
+        model = cls(version=manifest["version"], manifest=manifest,
                     users={u: i for i, u in enumerate(artifact.user_ids)}, item_ids=list(artifact.item_ids),
                     items={v: i for i, v in enumerate(artifact.item_ids)}, user_table=artifact.user,
-                    train_indptr=indptr, train_items=pairs[order, 1].astype(np.int64),
+                    train_indptr=seen.indptr, train_items=seen.indices.astype(np.int64),
                     foldin=FoldIn.from_artifact(artifact), index=build_index(kind, artifact.item))
         model.smoke_test()
         log.info("loaded model %s (%s, %s index, %d users, %d items) in %.2f s", model.version, manifest.get("method"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 from collections import Counter
@@ -31,8 +30,6 @@ from service.core.metrics import Metrics
 from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
 from service.store.base import Interaction, Store, StoreUnavailable, UserState
-
-log = logging.getLogger(__name__)
 
 
 class UnknownUser(LookupError):
@@ -149,13 +146,20 @@ class Recommender:
             return self._trained_only(model, user_id)
         if codes is not None and codes[0] == state.generation:
             return decode_user(model, codes[1]), exclude
-        table = model.foldin.user(exclude)
-        try:
-            await self.store.save_user_codes(user_id, model.version, state.generation, encode_user(table))
-        except StoreUnavailable:
-            self.metrics.store_errors.labels("save_user_codes").inc()
+        table = await self._requantize(model, user_id, state.generation, exclude)
         vector = table[0] if isinstance(table, np.ndarray) else table.dequantize()[0]
         return vector, exclude
+
+    async def _requantize(self, model: ServedModel, user_id: str, generation: int,
+                          items: np.ndarray) -> QuantizedTable | np.ndarray:
+        """Fold the user in from ``items`` and store its codes for ``generation`` (best effort: a failed
+        store only means the next read recomputes them)."""
+        table = model.foldin.user(items)
+        try:
+            await self.store.save_user_codes(user_id, model.version, generation, encode_user(table))
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("save_user_codes").inc()
+        return table
 
     @staticmethod
     def _all_items(model: ServedModel, user_id: str, state: UserState) -> np.ndarray:
@@ -197,10 +201,6 @@ class Recommender:
         self.metrics.interactions.inc(len(events))
         updates, posted = [], Counter(e.user_id for e in events)
         for user_id, state in states.items():
-            table = model.foldin.user(self._all_items(model, user_id, state))
-            try:
-                await self.store.save_user_codes(user_id, model.version, state.generation, encode_user(table))
-            except StoreUnavailable:  # recorded already; the next read recomputes the codes
-                self.metrics.store_errors.labels("save_user_codes").inc()
+            await self._requantize(model, user_id, state.generation, self._all_items(model, user_id, state))
             updates.append(UserUpdate(user_id, state.generation, user_id not in model.users, posted[user_id]))
         return model.version, updates

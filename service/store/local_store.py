@@ -55,7 +55,6 @@ class LocalStore:
 
     def __init__(self, path: Path, *, capacity: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
