@@ -31,6 +31,8 @@ from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
 from service.store.base import Interaction, Store, StoreUnavailable, UserState
 
+_SETTLE_SECONDS = 0.1  # a finished computation still answers misses whose cache read raced its write
+
 
 class UnknownUser(LookupError):
     """The user is neither in the model nor has it posted an interaction."""
@@ -104,14 +106,16 @@ class Recommender:
         self._inflight[key] = future
         try:
             body = await self._compute(model, user_id, generation, k)
-            future.set_result(body)
-            return body, False
         except BaseException as error:
+            del self._inflight[key]
             future.set_exception(error)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
             raise
-        finally:
-            del self._inflight[key]
+        future.set_result(body)
+        # Keep the answer a moment: a request whose cache read left before the write landed still
+        # misses after this computation ends, and must reuse it rather than compute it again.
+        asyncio.get_running_loop().call_later(_SETTLE_SECONDS, self._inflight.pop, key, None)
+        return body, False
 
     async def _compute(self, model: ServedModel, user_id: str, generation: int, k: int) -> bytes:
         if generation == 0:
