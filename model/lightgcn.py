@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.graph import sparse_matmul
 from model.quantizers import EmbeddingQuantizer
 
 
@@ -24,11 +25,14 @@ class LightGCN(nn.Module):
         self.quantizer: EmbeddingQuantizer | None = None
 
     def propagate_layers(self, adjacency: Tensor, x: Tensor | None = None) -> list[Tensor]:
-        """``[E^(0), ..., E^(L)]``: ``x`` (default: the ego embeddings) propagated 0..L times."""
+        """``[E^(0), ..., E^(L)]``: ``x`` (default: the ego embeddings) propagated 0..L times.
+
+        ``adjacency`` must be symmetric (as ``normalized_adjacency`` is): the backward pass reuses it.
+        """
         h = self.embedding.weight if x is None else x
         layers = [h]
         for _ in range(self.layers):
-            h = torch.sparse.mm(adjacency, h)
+            h = sparse_matmul(adjacency, h)
             layers.append(h)
         return layers
 

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from model.graph import csr_transpose, sparse_matmul
+
 SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 # Step of the MSE-optimal uniform quantizer of a unit Gaussian with 2^b levels (Max, 1960).
@@ -189,6 +191,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
         self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
         self.layers, self.eta, self.equalize, self.clip = layers, eta, equalize, clip
         self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
+        self.register_buffer("mean_adjacency_t", csr_transpose(mean_adjacency), persistent=False)
         self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
         # theta = (rho, delta): log-multiplier of the step and shift of the centre, in node std units.
         self.theta = nn.Parameter(torch.zeros(n_nodes if node_aware else 2, 2), requires_grad=dynamic)
@@ -210,7 +213,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
             return torch.cat([users.expand(self.n_users, 2), items.expand(n_nodes - self.n_users, 2)])
         h, total = self.theta, self.theta
         for _ in range(self.layers):
-            h = torch.sparse.mm(self.mean_adjacency, h)
+            h = sparse_matmul(self.mean_adjacency, h, self.mean_adjacency_t)
             total = total + h
         return total / (self.layers + 1)
 

@@ -33,9 +33,14 @@ class TrainConfig(BaseModel):
     qat_epochs: int = Field(150, ge=1, description="max epochs of the quantization-aware stage (GNAQ, LSQ, "
                             "N2UQ, BiGeaR)")
     qat_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the quantization-aware stage")
+    minutes: float | None = Field(None, gt=0, description="wall-time budget of the fp32 stage in minutes "
+                                  "(it stops after the epoch that crosses it; selection stays on validation)")
+    qat_minutes: float | None = Field(None, gt=0, description="wall-time budget of the quantization-aware stage")
     batch_size: int = Field(2048, ge=1, description="BPR triples per step")
     l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
+    lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "
+                                    "validations without improvement (unset: constant)")
     eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
     qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the quantization-aware stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "

@@ -111,16 +111,19 @@ def _validator(ws: Workspace, model: LightGCN):
                                ws.config.ks, ws.device)
 
 
-def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int) -> FitSettings:
+def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int,
+              minutes: float | None) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
-                       patience=config.patience, eval_every=eval_every, metric=config.selection_metric)
+                       patience=config.patience, eval_every=eval_every, metric=config.selection_metric,
+                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=config.lr_patience)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
     """Cache key: everything the fp32 stage depends on, so GNAQ/PTQ runs can share one warm start."""
     c = ws.config
     key = json.dumps([ws.data.fingerprint(), c.valid_fraction, c.seed, c.dim, c.layers, c.epochs, c.lr,
-                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks])
+                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks, c.minutes,
+                      c.lr_patience])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return c.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
 
@@ -137,7 +140,8 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
         return model, [EpochRecord(**r) for r in saved["history"]]
     rng = np.random.default_rng(c.seed)
     history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-                  _validator(ws, model), _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every),
+                  _validator(ws, model),
+                  _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every, minutes=c.minutes),
                   stage="fp32", rng=rng, progress=c.progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -179,7 +183,8 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every),
+               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
+                         minutes=c.qat_minutes),
                stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress)
 
 

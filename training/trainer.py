@@ -30,6 +30,8 @@ class FitSettings:
     patience: int = 10
     eval_every: int = 5
     metric: str = "recall@20"
+    max_seconds: float | None = None  # wall-time budget of the stage; the last epoch is validated
+    lr_patience: int | None = None  # halve lr after more than this many validations without improvement
 
 
 @dataclass
@@ -41,6 +43,7 @@ class EpochRecord:
     loss: float | None  # None for epoch 0: the starting state, validated before any training
     seconds: float
     valid: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None  # the learning rate this epoch trained with
 
 
 def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Tensor,
@@ -75,25 +78,33 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     warm-started stage can never end worse on validation than where it began.
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
     history = [EpochRecord(stage, 0, None, 0.0, validate())]
     best_score, best_state, waited = history[0].valid[settings.metric], copy.deepcopy(model.state_dict()), 0
+    deadline = None if settings.max_seconds is None else time.perf_counter() + settings.max_seconds
     bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng)
-        record = EpochRecord(stage, epoch, loss, time.perf_counter() - started)
-        if epoch % settings.eval_every == 0 or epoch == settings.epochs:
+        record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
             record.valid = validate()
             score = record.valid[settings.metric]
+            if plateau is not None:
+                plateau.step(score)
             if score > best_score:
                 best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
             else:
                 waited += 1
             bar.set_postfix(loss=f"{loss:.4f}", **{settings.metric: f"{score:.4f}"})
-            log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch)", stage, epoch, loss,
-                     settings.metric, score, record.seconds)
+            log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch, lr %.2g)", stage, epoch, loss,
+                     settings.metric, score, record.seconds, record.lr)
         history.append(record)
-        if waited >= settings.patience:
+        if waited >= settings.patience or out_of_time:
+            if out_of_time:
+                log.info("[%s] time budget of %.0f s spent after epoch %d", stage, settings.max_seconds, epoch)
             break
     model.load_state_dict(best_state)
     return history

@@ -1,0 +1,50 @@
+"""The training loop's stopping rules: wall-time budget, learning-rate halving on a plateau, early stopping."""
+
+import numpy as np
+import pytest
+
+from model.graph import normalized_adjacency
+from model.lightgcn import LightGCN
+from training.sampling import NegativeSampler
+from training.trainer import FitSettings, fit
+
+N_USERS, N_ITEMS = 30, 40
+
+
+@pytest.fixture
+def problem():
+    rng = np.random.default_rng(0)
+    pairs = np.unique(np.stack([rng.integers(0, N_USERS, 300), rng.integers(0, N_ITEMS, 300)], 1), axis=0)
+    return (LightGCN(N_USERS, N_ITEMS, dim=8, layers=2), normalized_adjacency(pairs, N_USERS, N_ITEMS), pairs,
+            NegativeSampler(pairs, N_ITEMS, rng), rng)
+
+
+def _fit(problem, scores, settings):
+    model, adjacency, pairs, sampler, rng = problem
+    scripted = iter(scores)
+    return fit(model, adjacency, pairs, sampler, lambda: {"recall@20": next(scripted)}, settings, stage="fp32",
+               rng=rng, progress=False)
+
+
+def test_time_budget_stops_after_the_epoch_that_crosses_it_and_validates_it(problem):
+    history = _fit(problem, [0.1, 0.2], FitSettings(epochs=50, batch_size=64, eval_every=10, max_seconds=0.0))
+    assert [r.epoch for r in history] == [0, 1]
+    assert history[-1].valid == {"recall@20": 0.2}
+
+
+def test_learning_rate_halves_after_a_plateau(problem):
+    scores = [0.1, 0.2, 0.2, 0.2, 0.2, 0.3]
+    history = _fit(problem, scores, FitSettings(epochs=5, batch_size=64, lr=0.01, eval_every=1, patience=5,
+                                                 lr_patience=1))
+    # epoch 1 improves; epochs 2 and 3 do not, and the second of them (more than 1) halves lr from epoch 4
+    assert [r.lr for r in history[1:]] == [0.01, 0.01, 0.01, 0.005, 0.005]
+
+
+def test_early_stopping_after_patience_validations_without_improvement(problem):
+    history = _fit(problem, [0.1, 0.2, 0.2, 0.2, 0.9], FitSettings(epochs=4, batch_size=64, eval_every=1, patience=2))
+    assert [r.epoch for r in history] == [0, 1, 2, 3]
+
+
+def test_without_lr_patience_the_learning_rate_is_constant(problem):
+    history = _fit(problem, [0.1, 0.2, 0.2, 0.2, 0.3], FitSettings(epochs=4, batch_size=64, lr=0.01, eval_every=1))
+    assert {r.lr for r in history[1:]} == {0.01}
