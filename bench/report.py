@@ -1,0 +1,239 @@
+"""Results of a study (``bench/study.py``): JSON, the Markdown section of BENCHMARKS.md, and the PNG plots.
+
+Everything is read back from the version directories the rows wrote (manifest, history, tables), so a report
+can be regenerated at any time: ``python bench/study.py DATASET --report-only``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from model.quantized_table import QuantizedTable  # noqa: E402
+from training.artifact import read_artifact  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+TITLES = {"ml-100k": "MovieLens-100K", "lastfm": "Last.fm", "movielens1m": "MovieLens-1M", "gowalla": "Gowalla"}
+
+
+def machine() -> str:
+    """CPU model and core count of this machine (every row of a report ran here)."""
+    model = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        model = found.group(1).strip() if found else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _stage_seconds(history: list[dict]) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    for record in history:
+        seconds[record["stage"]] = seconds.get(record["stage"], 0.0) + record["seconds"]
+    return seconds
+
+
+def row_result(version_dir: Path, command: list[str]) -> dict:
+    """One row: test metrics, sizes, time and epochs, read from the written artifact."""
+    artifact = read_artifact(version_dir)
+    manifest = artifact.manifest
+    history = json.loads((version_dir / "history.json").read_text())
+    n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
+    item = artifact.item
+    item_bytes = item.nbytes_packed if isinstance(item, QuantizedTable) else item.nbytes
+    training = manifest["training"]
+    return {
+        "version": version_dir.name, "command": " ".join(command), "seed": manifest["seed"],
+        "method": manifest["method"], "bits": manifest["bits"], "test": manifest["metrics"]["test"],
+        "valid": manifest["metrics"]["valid"],
+        "stored_bytes_per_node": manifest["sizes"]["embedding_bytes"] / (n_users + n_items),
+        "served_bytes_per_item": item_bytes / n_items,
+        "run_seconds": training["seconds"], "train_seconds_by_stage": _stage_seconds(history),
+        "epochs_by_stage": training["epochs_run"], "selected_epoch": training["selected_epoch"],
+        "device": training["device"], "torch": training["torch"],
+    }
+
+
+def _cell(values: list[float], digits: int = 4) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _valid_curve(version_dir: Path, stage_prefix: str) -> tuple[list[float], list[float]]:
+    """(cumulative training seconds, validation Recall@20) of the stage whose name starts with the prefix."""
+    history = json.loads((version_dir / "history.json").read_text())
+    seconds, points = 0.0, ([], [])
+    for record in history:
+        if not record["stage"].startswith(stage_prefix):
+            continue
+        seconds += record["seconds"]
+        if record["valid"]:
+            points[0].append(seconds)
+            points[1].append(record["valid"]["recall@20"])
+    return points
+
+
+def time_to_same_accuracy(runs_dir: Path, dataset: str, seed: int, rows: tuple[str, str]) -> dict | None:
+    """QAT-stage training seconds each row needs to first reach the validation Recall@20 both reach."""
+    curves = {}
+    for version in rows:
+        directory = runs_dir / f"{dataset}-seed{seed}" / version
+        if not (directory / "history.json").is_file():
+            return None
+        curves[version] = _valid_curve(directory, version.split("-")[0])
+    target = min(max(recall) for _, recall in curves.values())
+    reached = {v: next(s for s, r in zip(*c, strict=True) if r >= target) for v, c in curves.items()}
+    return {"target_valid_recall@20": target, "seconds": reached}
+
+
+def _plot_bits(results: list[dict], out: Path, title: str) -> None:
+    seed = results[0]["seed"]
+    by_version = {r["version"]: r["test"]["recall@20"] for r in results if r["seed"] == seed}
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    if "fp32" in by_version:
+        axis.axhline(by_version["fp32"], color="black", linestyle="--", label="fp32 LightGCN (32 bits)")
+    for prefix, label, marker in (("gnaq", "GNAQ", "o"), ("lsq", "LSQ", "^"), ("n2uq", "N2UQ-style", "v"),
+                                  ("ptq-node", "PTQ per node", "s")):
+        points = [(b, by_version[f"{prefix}-{b}bit"]) for b in (1, 2, 4) if f"{prefix}-{b}bit" in by_version]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker=marker, label=label)
+    for version, label, marker in (("bigear-1bit", "BiGeaR-style (4 layers)", "D"),
+                                   ("ptq-tensor-2bit", "PTQ per tensor", "x")):
+        if version in by_version:
+            bits = 1 if version.startswith("bigear") else 2
+            axis.plot([bits], [by_version[version]], marker=marker, linestyle="", label=label)
+    axis.set(xlabel="bits per value", ylabel="test Recall@20", xticks=[1, 2, 4], title=f"{title}, seed {seed}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def _plot_curves(runs_dir: Path, dataset: str, seed: int, out: Path, title: str) -> None:
+    figure, (fp32_axis, qat_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    model_dir = runs_dir / f"{dataset}-seed{seed}"
+    if (model_dir / "fp32" / "history.json").is_file():
+        fp32_axis.plot(*_valid_curve(model_dir / "fp32", "fp32"), marker="o", markersize=3, label="fp32")
+    for version in ("gnaq-2bit", "lsq-2bit", "n2uq-2bit", "gnaq-2bit-ste", "bigear-1bit"):
+        if (model_dir / version / "history.json").is_file():
+            qat_axis.plot(*_valid_curve(model_dir / version, version.split("-")[0]), marker="o", markersize=3,
+                          label=version)
+    fp32_axis.set(xlabel="training seconds (fp32 stage)", ylabel="validation Recall@20", title=f"{title}: fp32")
+    qat_axis.set(xlabel="training seconds (quantization-aware stage, from the shared fp32 warm start)",
+                 ylabel="validation Recall@20", title=f"{title}: quantization-aware stage")
+    for axis in (fp32_axis, qat_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def _markdown(dataset: str, report: dict) -> str:
+    title, rows = TITLES.get(dataset, dataset), report["rows"]
+    seeds = sorted({r["seed"] for r in rows})
+    versions = list(dict.fromkeys(r["version"] for r in rows))
+    fp32 = {r["seed"]: r["test"]["recall@20"] for r in rows if r["version"] == "fp32"}
+    seed_args = " --seeds " + " ".join(map(str, seeds)) if seeds != [0] else ""
+    budget = f" --budget-minutes {report['budget_minutes']:g}" if report["budget_minutes"] else ""
+    lines = [f"Command: `python bench/study.py {dataset}{seed_args}{budget}` (results: "
+             f"`bench/results/{dataset}.json`). Seeds: {', '.join(map(str, seeds))}"
+             + (" (mean ± sample std)" if len(seeds) > 1 else "")
+             + f". Machine: {report['machine']}, torch device {rows[0]['device']}. "
+             "Each row's full `gnaq train` command is in the JSON. Stored bytes per node: the served tables "
+             "(codes, float16 parameters) over all users and items; served bytes per item: what the codes "
+             "index holds per item. Training seconds exclude validation; the fp32 stage is shared by every "
+             "quantized row, so quantized rows show only their own stage. Epochs: fp32 + quantization-aware.",
+             "",
+             "| row | bits | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | R@20 / fp32 | stored B/node "
+             "| served B/item | training s | epochs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for version in versions:
+        found = [r for r in rows if r["version"] == version]
+        first = found[0]
+        metrics = [_cell([r["test"][m] for r in found]) for m in METRICS]
+        ratio = _cell([r["test"]["recall@20"] / fp32[r["seed"]] for r in found if r["seed"] in fp32], 3) \
+            if fp32 else "n/a"
+        own = [s for stage, s in first["train_seconds_by_stage"].items() if stage != "fp32" or version == "fp32"]
+        epochs = " + ".join(str(e) for e in first["epochs_by_stage"].values())
+        lines.append(f"| {version} | {first['bits'] or 32} | " + " | ".join(metrics)
+                     + f" | {ratio} | {first['stored_bytes_per_node']:.1f} | {first['served_bytes_per_item']:.1f}"
+                     f" | {_cell([sum(own)], 0)} | {epochs} |")
+    lines += [""] + _verdicts(rows, fp32, report)
+    if report["skipped"]:
+        lines.append(f"* Not run within the time budget: {', '.join(report['skipped'])}.")
+    lines += ["", f"![Recall@20 against bits, {title}](bench/plots/{dataset}-bits.png)",
+              f"![Validation Recall@20 against training time, {title}](bench/plots/{dataset}-curves.png)"]
+    return "\n".join(lines)
+
+
+def _verdicts(rows: list[dict], fp32: dict[int, float], report: dict) -> list[str]:
+    """Computed, not typed: GNAQ 2-bit against fp32 and every other 2-bit row; its time against LSQ."""
+    lines = []
+    for seed in sorted(fp32):
+        two_bit = {r["version"]: r["test"]["recall@20"] for r in rows if r["seed"] == seed and r["bits"] == 2}
+        if "gnaq-2bit" not in two_bit:
+            continue
+        gnaq = two_bit.pop("gnaq-2bit")
+        others = {v: s for v, s in two_bit.items() if not v.startswith("gnaq-2bit-")}  # ablations are GNAQ
+        best_other = max(others.items(), key=lambda kv: kv[1]) if others else None
+        verdict = f"* Seed {seed}: GNAQ 2-bit Recall@20 {gnaq:.4f} = **{gnaq / fp32[seed]:.3f}x** fp32"
+        if best_other:
+            relation = "above" if gnaq > best_other[1] else "**not** above"
+            verdict += (f"; {relation} every other 2-bit row (best other: {best_other[0]} {best_other[1]:.4f}, "
+                        f"GNAQ {100 * (gnaq / best_other[1] - 1):+.1f}%)")
+        lines.append(verdict + ".")
+    for seed, timing in report["time_to_same_accuracy"].items():
+        if timing:
+            gnaq, lsq = timing["seconds"]["gnaq-2bit"], timing["seconds"]["lsq-2bit"]
+            ratio = f"{lsq / gnaq:.1f}x" if gnaq > 0 else "GNAQ's initialisation already reaches it"
+            lines.append(f"* Seed {seed}, quantization-aware stage to validation Recall@20 "
+                         f"{timing['target_valid_recall@20']:.4f} (the lower of the two best): GNAQ 2-bit "
+                         f"{gnaq:.0f} s, LSQ 2-bit {lsq:.0f} s ({ratio}).")
+    return lines
+
+
+def _replace_section(dataset: str, body: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    begin, end = f"<!-- study:{dataset} -->", f"<!-- /study:{dataset} -->"
+    section = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.DOTALL)
+    else:
+        text = text.rstrip("\n") + f"\n\n## Quantization study: {TITLES.get(dataset, dataset)}\n{section}\n"
+    path.write_text(text)
+
+
+def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,
+                 skipped: list[str], budget_minutes: float | None) -> dict:
+    """Collect the rows on disk, then write the JSON, the BENCHMARKS.md section and both plots."""
+    rows = [row_result(runs_dir / f"{dataset}-seed{seed}" / version, command)
+            for seed, by_version in commands.items() for version, command in by_version.items()
+            if (runs_dir / f"{dataset}-seed{seed}" / version / "manifest.json").is_file()]
+    if not rows:
+        raise SystemExit(f"no trained row under {runs_dir}/{dataset}-seed*: nothing to report")
+    report = {"dataset": dataset, "machine": machine(), "budget_minutes": budget_minutes, "rows": rows,
+              "skipped": skipped,
+              "time_to_same_accuracy": {seed: time_to_same_accuracy(runs_dir, dataset, seed, ("gnaq-2bit", "lsq-2bit"))
+                                        for seed in commands}}
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / f"{dataset}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (ROOT / "bench" / "plots").mkdir(exist_ok=True)
+    title = TITLES.get(dataset, dataset)
+    _plot_bits(rows, ROOT / "bench" / "plots" / f"{dataset}-bits.png", title)
+    _plot_curves(runs_dir, dataset, rows[0]["seed"], ROOT / "bench" / "plots" / f"{dataset}-curves.png", title)
+    _replace_section(dataset, _markdown(dataset, report))
+    return report
