@@ -42,6 +42,7 @@ class TrainConfig(BaseModel):
     lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "
                                     "validations without improvement (unset: constant)")
     eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
+    qat_lr_patience: int | None = Field(None, ge=0, description="--lr-patience of the quantization-aware stage")
     qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the quantization-aware stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "
                           "the largest selects checkpoints")

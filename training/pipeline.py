@@ -111,11 +111,11 @@ def _validator(ws: Workspace, model: LightGCN):
                                ws.config.ks, ws.device)
 
 
-def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int,
-              minutes: float | None) -> FitSettings:
+def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int, minutes: float | None,
+              lr_patience: int | None) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
                        patience=config.patience, eval_every=eval_every, metric=config.selection_metric,
-                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=config.lr_patience)
+                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
@@ -141,7 +141,8 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
     rng = np.random.default_rng(c.seed)
     history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                   _validator(ws, model),
-                  _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every, minutes=c.minutes),
+                  _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every, minutes=c.minutes,
+                            lr_patience=c.lr_patience),
                   stage="fp32", rng=rng, progress=c.progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -184,7 +185,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
-                         minutes=c.qat_minutes),
+                         minutes=c.qat_minutes, lr_patience=c.qat_lr_patience),
                stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress)
 
 
