@@ -131,7 +131,7 @@ def _plot_curves(runs_dir: Path, dataset: str, seed: int, out: Path, title: str)
             qat_axis.plot(*_valid_curve(model_dir / version, version.split("-")[0]), marker="o", markersize=3,
                           label=version)
     fp32_axis.set(xlabel="training seconds (fp32 stage)", ylabel="validation Recall@20", title=f"{title}: fp32")
-    qat_axis.set(xlabel="training seconds (quantization-aware stage, from the shared fp32 warm start)",
+    qat_axis.set(xlabel="training seconds (quantization-aware stage)",
                  ylabel="validation Recall@20", title=f"{title}: quantization-aware stage")
     for axis in (fp32_axis, qat_axis):
         axis.grid(alpha=0.3)
@@ -167,7 +167,8 @@ def _markdown(dataset: str, report: dict) -> str:
         ratio = _cell([r["test"]["recall@20"] / fp32[r["seed"]] for r in found if r["seed"] in fp32], 3) \
             if fp32 else "n/a"
         own = [s for stage, s in first["train_seconds_by_stage"].items() if stage != "fp32" or version == "fp32"]
-        epochs = " + ".join(str(e) for e in first["epochs_by_stage"].values())
+        stages = sorted(first["epochs_by_stage"], key=lambda stage: stage != "fp32")  # fp32 first
+        epochs = " + ".join(str(first["epochs_by_stage"][stage]) for stage in stages)
         lines.append(f"| {version} | {first['bits'] or 32} | " + " | ".join(metrics)
                      + f" | {ratio} | {first['stored_bytes_per_node']:.1f} | {first['served_bytes_per_item']:.1f}"
                      f" | {_cell([sum(own)], 0)} | {epochs} |")
@@ -198,7 +199,9 @@ def _verdicts(rows: list[dict], fp32: dict[int, float], report: dict) -> list[st
     for seed, timing in report["time_to_same_accuracy"].items():
         if timing:
             gnaq, lsq = timing["seconds"]["gnaq-2bit"], timing["seconds"]["lsq-2bit"]
-            ratio = f"{lsq / gnaq:.1f}x" if gnaq > 0 else "GNAQ's initialisation already reaches it"
+            ratio = (f"GNAQ takes {gnaq / lsq:.2f}x LSQ's time" if gnaq > 0 and lsq > 0 else
+                     "GNAQ's starting point, before any quantization-aware epoch, already reaches it" if gnaq == 0
+                     else "LSQ's starting point already reaches it")
             lines.append(f"* Seed {seed}, quantization-aware stage to validation Recall@20 "
                          f"{timing['target_valid_recall@20']:.4f} (the lower of the two best): GNAQ 2-bit "
                          f"{gnaq:.0f} s, LSQ 2-bit {lsq:.0f} s ({ratio}).")
