@@ -208,8 +208,7 @@ def _verdicts(rows: list[dict], fp32: dict[int, float], report: dict) -> list[st
     return lines
 
 
-def _replace_section(dataset: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
+def _replace_section(path: Path, dataset: str, body: str) -> None:
     text = path.read_text()
     begin, end = f"<!-- study:{dataset} -->", f"<!-- /study:{dataset} -->"
     section = f"{begin}\n{body}\n{end}"
@@ -221,8 +220,8 @@ def _replace_section(dataset: str, body: str) -> None:
 
 
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,
-                 skipped: list[str], budget_minutes: float | None) -> dict:
-    """Collect the rows on disk, then write the JSON, the BENCHMARKS.md section and both plots."""
+                 skipped: list[str], budget_minutes: float | None, out_root: Path = ROOT) -> dict:
+    """Collect the rows on disk, then write the JSON, the BENCHMARKS.md section and both plots under ``out_root``."""
     rows = [row_result(runs_dir / f"{dataset}-seed{seed}" / version, command)
             for seed, by_version in commands.items() for version, command in by_version.items()
             if (runs_dir / f"{dataset}-seed{seed}" / version / "manifest.json").is_file()]
@@ -232,11 +231,12 @@ def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, lis
               "skipped": skipped,
               "time_to_same_accuracy": {seed: time_to_same_accuracy(runs_dir, dataset, seed, ("gnaq-2bit", "lsq-2bit"))
                                         for seed in commands}}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / f"{dataset}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (ROOT / "bench" / "plots").mkdir(exist_ok=True)
+    results, plots = out_root / "bench" / "results", out_root / "bench" / "plots"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{dataset}.json").write_text(json.dumps(report, indent=1) + "\n")
+    plots.mkdir(parents=True, exist_ok=True)
     title = TITLES.get(dataset, dataset)
-    _plot_bits(rows, ROOT / "bench" / "plots" / f"{dataset}-bits.png", title)
-    _plot_curves(runs_dir, dataset, rows[0]["seed"], ROOT / "bench" / "plots" / f"{dataset}-curves.png", title)
-    _replace_section(dataset, _markdown(dataset, report))
+    _plot_bits(rows, plots / f"{dataset}-bits.png", title)
+    _plot_curves(runs_dir, dataset, rows[0]["seed"], plots / f"{dataset}-curves.png", title)
+    _replace_section(out_root / "BENCHMARKS.md", dataset, _markdown(dataset, report))
     return report
