@@ -173,8 +173,8 @@ def _markdown(dataset: str, report: dict) -> str:
                      + f" | {ratio} | {first['stored_bytes_per_node']:.1f} | {first['served_bytes_per_item']:.1f}"
                      f" | {_cell([sum(own)], 0)} | {epochs} |")
     lines += [""] + _verdicts(rows, fp32, report)
-    if report["skipped"]:
-        lines.append(f"* Not run within the time budget: {', '.join(report['skipped'])}.")
+    if report["not_run"]:
+        lines.append(f"* Not run (time budget): {', '.join(report['not_run'])}.")
     lines += ["", f"![Recall@20 against bits, {title}](bench/plots/{dataset}-bits.png)",
               f"![Validation Recall@20 against training time, {title}](bench/plots/{dataset}-curves.png)"]
     return "\n".join(lines)
@@ -220,15 +220,20 @@ def _replace_section(path: Path, dataset: str, body: str) -> None:
 
 
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,
-                 skipped: list[str], budget_minutes: float | None, out_root: Path = ROOT) -> dict:
+                 budget_minutes: float | None, out_root: Path = ROOT) -> dict:
     """Collect the rows on disk, then write the JSON, the BENCHMARKS.md section and both plots under ``out_root``."""
+    def trained(seed: int, version: str) -> bool:
+        return (runs_dir / f"{dataset}-seed{seed}" / version / "manifest.json").is_file()
+
     rows = [row_result(runs_dir / f"{dataset}-seed{seed}" / version, command)
             for seed, by_version in commands.items() for version, command in by_version.items()
-            if (runs_dir / f"{dataset}-seed{seed}" / version / "manifest.json").is_file()]
+            if trained(seed, version)]
+    not_run = [f"seed {seed} {version}" for seed, by_version in commands.items() for version in by_version
+               if not trained(seed, version)]
     if not rows:
         raise SystemExit(f"no trained row under {runs_dir}/{dataset}-seed*: nothing to report")
     report = {"dataset": dataset, "machine": machine(), "budget_minutes": budget_minutes, "rows": rows,
-              "skipped": skipped,
+              "not_run": not_run,
               "time_to_same_accuracy": {seed: time_to_same_accuracy(runs_dir, dataset, seed, ("gnaq-2bit", "lsq-2bit"))
                                         for seed in commands}}
     results, plots = out_root / "bench" / "results", out_root / "bench" / "plots"

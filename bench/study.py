@@ -4,7 +4,7 @@ Usage: python bench/study.py DATASET [--seeds 0 1 2] [--budget-minutes 60] [--da
 
 Each row is one ``gnaq train`` command (settings from ``bench/configs/DATASET.toml`` plus the row's flags), run
 in priority order into ``runs/DATASET-seed<S>/<row>/``; a row already there is kept, so an interrupted study
-resumes. Rows not started before the budget is spent are listed as skipped. Then ``bench/report.py`` writes
+resumes. Rows not started before the budget is spent are listed as not run. Then ``bench/report.py`` writes
 ``bench/results/DATASET.json``, the Markdown table into BENCHMARKS.md and the PNG plots under ``bench/plots/``.
 All quantized rows of a seed share one fp32 warm start (cached in the model dir), trained by the first row.
 """
@@ -54,25 +54,21 @@ def row_command(dataset: str, row_flags: list[str], seed: int, model_dir: Path, 
 
 
 def run_rows(dataset: str, seeds: list[int], budget_minutes: float | None, data_dir: str | None,
-             runs_dir: Path) -> tuple[dict[int, dict[str, list[str]]], list[str], list[str]]:
-    """Train every missing row of every seed until the budget is spent; returns commands, skipped, failed."""
+             runs_dir: Path) -> list[str]:
+    """Train every missing row of every seed until the budget is spent; returns the failures."""
     started = time.monotonic()
-    commands: dict[int, dict[str, list[str]]] = {}
-    skipped, failed = [], []
+    failed = []
     for seed in seeds:
         model_dir = runs_dir / f"{dataset}-seed{seed}"
         model_dir.mkdir(parents=True, exist_ok=True)
-        commands[seed] = {}
         for version, flags in ROWS:
             command = row_command(dataset, flags, seed, model_dir, version, data_dir)
-            commands[seed][version] = command
             if (model_dir / version / "manifest.json").is_file():
                 print(f"== seed {seed} {version}: exists, kept", flush=True)
                 continue
             spent = (time.monotonic() - started) / 60
             if budget_minutes is not None and spent >= budget_minutes:
-                skipped.append(f"seed {seed} {version}")
-                continue
+                continue  # reported as not run
             print(f"== seed {seed} {version} ({spent:.1f} min spent): {' '.join(command)}", flush=True)
             log_path = model_dir / f"{version}.log"
             with log_path.open("w") as log:
@@ -81,7 +77,7 @@ def run_rows(dataset: str, seeds: list[int], budget_minutes: float | None, data_
             if code != 0:
                 failed.append(f"seed {seed} {version} (exit {code}, see {log_path})")
                 print(f"   failed: exit {code}, see {log_path}", flush=True)
-    return commands, skipped, failed
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         parser.error("--budget-minutes must be positive")
     if args.report_only:
-        commands = {s: {v: row_command(args.dataset, f, s, args.runs_dir / f"{args.dataset}-seed{s}", v,
-                                       args.data_dir) for v, f in ROWS} for s in args.seeds}
-        skipped, failed = [], []
+        failed = []
     else:
-        commands, skipped, failed = run_rows(args.dataset, args.seeds, args.budget_minutes, args.data_dir,
-                                             args.runs_dir)
-    write_report(args.dataset, args.runs_dir, commands, skipped=skipped, budget_minutes=args.budget_minutes)
+        failed = run_rows(args.dataset, args.seeds, args.budget_minutes, args.data_dir, args.runs_dir)
+    commands = {seed: {version: row_command(args.dataset, flags, seed, args.runs_dir / f"{args.dataset}-seed{seed}",
+                                            version, args.data_dir) for version, flags in ROWS}
+                for seed in args.seeds}
+    write_report(args.dataset, args.runs_dir, commands, budget_minutes=args.budget_minutes)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     return 1 if failed else 0

@@ -25,7 +25,7 @@ def test_report_reads_the_rows_back_and_replaces_its_own_section(tmp_path):
     out.mkdir()
     (out / "BENCHMARKS.md").write_text("# Benchmarks\n\nhand-written text\n")
     for _ in range(2):  # a second report replaces the section instead of appending another one
-        report = write_report("ml-100k", runs, {0: commands}, skipped=["seed 0 n2uq-2bit"], budget_minutes=1.0,
+        report = write_report("ml-100k", runs, {0: {**commands, "n2uq-2bit": ["gnaq", "train"]}}, budget_minutes=1.0,
                               out_root=out)
 
     rows = {row["version"]: row for row in report["rows"]}
@@ -37,6 +37,6 @@ def test_report_reads_the_rows_back_and_replaces_its_own_section(tmp_path):
     text = (out / "BENCHMARKS.md").read_text()
     assert text.startswith("# Benchmarks\n\nhand-written text\n")
     assert text.count("<!-- study:ml-100k -->") == 1 and text.count("| gnaq-2bit | 2 |") == 1
-    assert "Not run within the time budget: seed 0 n2uq-2bit" in text
+    assert "Not run (time budget): seed 0 n2uq-2bit." in text
     for plot in ("ml-100k-bits.png", "ml-100k-curves.png"):
         assert (out / "bench" / "plots" / plot).read_bytes().startswith(b"\x89PNG")
