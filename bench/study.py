@@ -53,16 +53,15 @@ def row_command(dataset: str, row_flags: list[str], seed: int, model_dir: Path, 
     return command + (["--data-dir", data_dir] if data_dir else [])
 
 
-def run_rows(dataset: str, seeds: list[int], budget_minutes: float | None, data_dir: str | None,
-             runs_dir: Path) -> list[str]:
+def run_rows(commands: dict[int, dict[str, list[str]]], runs_dir: Path, dataset: str,
+             budget_minutes: float | None) -> list[str]:
     """Train every missing row of every seed until the budget is spent; returns the failures."""
     started = time.monotonic()
     failed = []
-    for seed in seeds:
+    for seed, by_version in commands.items():
         model_dir = runs_dir / f"{dataset}-seed{seed}"
         model_dir.mkdir(parents=True, exist_ok=True)
-        for version, flags in ROWS:
-            command = row_command(dataset, flags, seed, model_dir, version, data_dir)
+        for version, command in by_version.items():
             if (model_dir / version / "manifest.json").is_file():
                 print(f"== seed {seed} {version}: exists, kept", flush=True)
                 continue
@@ -91,13 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         parser.error("--budget-minutes must be positive")
-    if args.report_only:
-        failed = []
-    else:
-        failed = run_rows(args.dataset, args.seeds, args.budget_minutes, args.data_dir, args.runs_dir)
     commands = {seed: {version: row_command(args.dataset, flags, seed, args.runs_dir / f"{args.dataset}-seed{seed}",
                                             version, args.data_dir) for version, flags in ROWS}
                 for seed in args.seeds}
+    failed = [] if args.report_only else run_rows(commands, args.runs_dir, args.dataset, args.budget_minutes)
     write_report(args.dataset, args.runs_dir, commands, budget_minutes=args.budget_minutes)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)

@@ -30,11 +30,15 @@ def sparse_matmul(matrix: torch.Tensor, x: torch.Tensor, transpose: torch.Tensor
     return _SparseMatmul.apply(matrix, matrix if transpose is None else transpose, x)
 
 
+def _coo_to_csr(matrix: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": spmm with CSR is what we rely on
+        warnings.simplefilter("ignore", UserWarning)
+        return matrix.coalesce().to_sparse_csr()
+
+
 def csr_transpose(matrix: torch.Tensor) -> torch.Tensor:
     """The transpose of a sparse CSR matrix, as CSR (built once for ``sparse_matmul``'s backward)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
+    return _coo_to_csr(matrix.to_sparse_coo().t())
 
 
 def _bipartite_edges(train_pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +59,7 @@ def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, size: int,
     index = torch.from_numpy(np.stack([rows, cols]))
     matrix = torch.sparse_coo_tensor(index, torch.from_numpy(values.astype(np.float32)), (size, size),
                                      check_invariants=True)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": spmm with CSR is what we rely on
-        warnings.simplefilter("ignore", UserWarning)
-        return matrix.coalesce().to_sparse_csr().to(device)
+    return _coo_to_csr(matrix).to(device)
 
 
 def normalized_adjacency(train_pairs: np.ndarray, n_users: int, n_items: int,
@@ -84,4 +86,3 @@ def mean_adjacency(train_pairs: np.ndarray, n_users: int, n_items: int,
     rows, cols = _bipartite_edges(train_pairs, n_users)
     degree = node_degrees(train_pairs, n_users, n_items)
     return _sparse(rows, cols, 1.0 / degree[rows], n_users + n_items, device)
-

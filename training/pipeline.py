@@ -122,8 +122,7 @@ def _fp32_cache_path(ws: Workspace) -> Path:
     """Cache key: everything the fp32 stage depends on, so GNAQ/PTQ runs can share one warm start."""
     c = ws.config
     key = json.dumps([ws.data.fingerprint(), c.valid_fraction, c.seed, c.dim, c.layers, c.epochs, c.lr,
-                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks, c.minutes,
-                      c.lr_patience])
+                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks, c.minutes, c.lr_patience])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return c.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
 
