@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from model.quantized_table import QuantizedTable  # noqa: E402
 from training.artifact import read_artifact  # noqa: E402
+from training.cli import train_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -52,6 +53,7 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
     item = artifact.item
     item_bytes = item.nbytes_packed if isinstance(item, QuantizedTable) else item.nbytes
     training = manifest["training"]
+    stage = "fp32" if manifest["method"] == "fp32" else version_dir.name.split("-")[0]
     return {
         "version": version_dir.name, "command": " ".join(command), "seed": manifest["seed"],
         "method": manifest["method"], "bits": manifest["bits"], "test": manifest["metrics"]["test"],
@@ -61,6 +63,7 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "run_seconds": training["seconds"], "train_seconds_by_stage": _stage_seconds(history),
         "epochs_by_stage": training["epochs_run"], "selected_epoch": training["selected_epoch"],
         "device": training["device"], "torch": training["torch"],
+        "valid_curve": _valid_curve(history, stage), "config": manifest["config"],
     }
 
 
@@ -70,9 +73,8 @@ def _cell(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _valid_curve(version_dir: Path, stage_prefix: str) -> tuple[list[float], list[float]]:
+def _valid_curve(history: list[dict], stage_prefix: str) -> tuple[list[float], list[float]]:
     """(cumulative training seconds, validation Recall@20) of the stage whose name starts with the prefix."""
-    history = json.loads((version_dir / "history.json").read_text())
     seconds, points = 0.0, ([], [])
     for record in history:
         if not record["stage"].startswith(stage_prefix):
@@ -84,14 +86,11 @@ def _valid_curve(version_dir: Path, stage_prefix: str) -> tuple[list[float], lis
     return points
 
 
-def time_to_same_accuracy(runs_dir: Path, dataset: str, seed: int, rows: tuple[str, str]) -> dict | None:
+def time_to_same_accuracy(rows: list[dict], seed: int, versions: tuple[str, str]) -> dict | None:
     """QAT-stage training seconds each row needs to first reach the validation Recall@20 both reach."""
-    curves = {}
-    for version in rows:
-        directory = runs_dir / f"{dataset}-seed{seed}" / version
-        if not (directory / "history.json").is_file():
-            return None
-        curves[version] = _valid_curve(directory, version.split("-")[0])
+    curves = {r["version"]: r.get("valid_curve") for r in rows if r["seed"] == seed and r["version"] in versions}
+    if len(curves) < len(versions) or not all(curves.values()):
+        return None
     target = min(max(recall) for _, recall in curves.values())
     reached = {v: next(s for s, r in zip(*c, strict=True) if r >= target) for v, c in curves.items()}
     return {"target_valid_recall@20": target, "seconds": reached}
@@ -121,21 +120,21 @@ def _plot_bits(results: list[dict], out: Path, title: str) -> None:
     plt.close(figure)
 
 
-def _plot_curves(runs_dir: Path, dataset: str, seed: int, out: Path, title: str) -> None:
+def _plot_curves(rows: list[dict], seed: int, out: Path, title: str) -> None:
     figure, (fp32_axis, qat_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    model_dir = runs_dir / f"{dataset}-seed{seed}"
-    if (model_dir / "fp32" / "history.json").is_file():
-        fp32_axis.plot(*_valid_curve(model_dir / "fp32", "fp32"), marker="o", markersize=3, label="fp32")
-    for version in ("gnaq-2bit", "lsq-2bit", "n2uq-2bit", "gnaq-2bit-ste", "bigear-1bit"):
-        if (model_dir / version / "history.json").is_file():
-            qat_axis.plot(*_valid_curve(model_dir / version, version.split("-")[0]), marker="o", markersize=3,
-                          label=version)
+    curves = {r["version"]: r.get("valid_curve") for r in rows if r["seed"] == seed}
+    if curves.get("fp32"):
+        fp32_axis.plot(*curves["fp32"], marker="o", markersize=3, label="fp32")
+    for version in ("gnaq-2bit", "lsq-2bit", "n2uq-2bit", "gnaq-2bit-no-distill", "lsq-2bit-distill", "bigear-1bit"):
+        if curves.get(version):
+            qat_axis.plot(*curves[version], marker="o", markersize=3, label=version)
     fp32_axis.set(xlabel="training seconds (fp32 stage)", ylabel="validation Recall@20", title=f"{title}: fp32")
     qat_axis.set(xlabel="training seconds (quantization-aware stage)",
                  ylabel="validation Recall@20", title=f"{title}: quantization-aware stage")
     for axis in (fp32_axis, qat_axis):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # rows kept from records written without curves have none
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -169,10 +168,14 @@ def _markdown(dataset: str, report: dict) -> str:
         own = [s for stage, s in first["train_seconds_by_stage"].items() if stage != "fp32" or version == "fp32"]
         stages = sorted(first["epochs_by_stage"], key=lambda stage: stage != "fp32")  # fp32 first
         epochs = " + ".join(str(first["epochs_by_stage"][stage]) for stage in stages)
-        lines.append(f"| {version} | {first['bits'] or 32} | " + " | ".join(metrics)
+        name = f"{version} †" if any(r.get("kept") for r in found) else version
+        lines.append(f"| {name} | {first['bits'] or 32} | " + " | ".join(metrics)
                      + f" | {ratio} | {first['stored_bytes_per_node']:.1f} | {first['served_bytes_per_item']:.1f}"
                      f" | {_cell([sum(own)], 0)} | {epochs} |")
     lines += [""] + _verdicts(rows, fp32, report)
+    if any(r.get("kept") for r in rows):
+        lines.append("* † Kept from an earlier run of the same command on the same kind of machine (its run directory "
+                     "was not on disk when this report was written); the others were (re)trained for it.")
     if report["not_run"]:
         lines.append(f"* Not run (time budget): {', '.join(report['not_run'])}.")
     lines += ["", f"![Recall@20 against bits, {title}](bench/plots/{dataset}-bits.png)",
@@ -219,29 +222,59 @@ def _replace_section(path: Path, dataset: str, body: str) -> None:
     path.write_text(text)
 
 
+def _earlier_rows(results_path: Path) -> dict[tuple[int, str], dict]:
+    """Rows of the dataset's previous JSON, by (seed, version): kept where their run is no longer on disk."""
+    if not results_path.is_file():
+        return {}
+    return {(r["seed"], r["version"]): r for r in json.loads(results_path.read_text())["rows"]}
+
+
+def _still_valid(record: dict, command: list[str]) -> bool:
+    """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
+
+    Records written before rows carried their settings are trusted where the only default changed since then
+    does not apply: they trained without distillation (``--distill``), on by default for GNAQ since.
+    """
+    if record["command"] != " ".join(command):
+        return False
+    expected = train_config(command[2:])
+    if "config" in record:
+        return record["config"] == json.loads(expected.model_dump_json())
+    return expected.distill_weight == 0
+
+
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,
                  budget_minutes: float | None, out_root: Path = ROOT) -> dict:
-    """Collect the rows on disk, then write the JSON, the BENCHMARKS.md section and both plots under ``out_root``."""
-    def trained(seed: int, version: str) -> bool:
-        return (runs_dir / f"{dataset}-seed{seed}" / version / "manifest.json").is_file()
+    """Collect the rows, then write the JSON, the BENCHMARKS.md section and both plots under ``out_root``.
 
-    rows = [row_result(runs_dir / f"{dataset}-seed{seed}" / version, command)
-            for seed, by_version in commands.items() for version, command in by_version.items()
-            if trained(seed, version)]
-    not_run = [f"seed {seed} {version}" for seed, by_version in commands.items() for version in by_version
-               if not trained(seed, version)]
+    A row is read from its version directory under ``runs_dir``; a row not trained there but recorded with the
+    same command in the previous ``bench/results/DATASET.json`` is kept from that record (``"kept": true``), so
+    a study can rerun some rows on a fresh checkout (``runs/`` is not in git) without retraining every row.
+    """
+    results, plots = out_root / "bench" / "results", out_root / "bench" / "plots"
+    earlier = _earlier_rows(results / f"{dataset}.json")
+    rows, not_run = [], []
+    for seed, by_version in commands.items():
+        for version, command in by_version.items():
+            directory = runs_dir / f"{dataset}-seed{seed}" / version
+            record = earlier.get((seed, version))
+            if (directory / "manifest.json").is_file():
+                rows.append(row_result(directory, command))
+            elif record is not None and _still_valid(record, command):
+                rows.append({**record, "kept": True})
+            else:
+                not_run.append(f"seed {seed} {version}")
     if not rows:
         raise SystemExit(f"no trained row under {runs_dir}/{dataset}-seed*: nothing to report")
     report = {"dataset": dataset, "machine": machine(), "budget_minutes": budget_minutes, "rows": rows,
               "not_run": not_run,
-              "time_to_same_accuracy": {seed: time_to_same_accuracy(runs_dir, dataset, seed, ("gnaq-2bit", "lsq-2bit"))
+              "time_to_same_accuracy": {seed: time_to_same_accuracy(rows, seed, ("gnaq-2bit", "lsq-2bit"))
                                         for seed in commands}}
-    results, plots = out_root / "bench" / "results", out_root / "bench" / "plots"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{dataset}.json").write_text(json.dumps(report, indent=1) + "\n")
     plots.mkdir(parents=True, exist_ok=True)
     title = TITLES.get(dataset, dataset)
     _plot_bits(rows, plots / f"{dataset}-bits.png", title)
-    _plot_curves(runs_dir, dataset, rows[0]["seed"], plots / f"{dataset}-curves.png", title)
+    _plot_curves(rows, rows[0]["seed"], plots / f"{dataset}-curves.png", title)
     _replace_section(out_root / "BENCHMARKS.md", dataset, _markdown(dataset, report))
     return report

@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 
+from training.config import GNAQ_DISTILL  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (row, flags) in the order they are trained: what the acceptance needs first, then the other bit widths.
@@ -31,6 +33,8 @@ ROWS: list[tuple[str, list[str]]] = [
     ("ptq-node-2bit", ["--method", "ptq", "--bits", "2", "--ptq-granularity", "node"]),
     ("lsq-2bit", ["--method", "lsq", "--bits", "2"]),
     ("n2uq-2bit", ["--method", "n2uq", "--bits", "2"]),
+    ("lsq-2bit-distill", ["--method", "lsq", "--bits", "2", "--distill", str(GNAQ_DISTILL)]),
+    ("gnaq-2bit-no-distill", ["--method", "gnaq", "--bits", "2", "--distill", "0"]),
     ("gnaq-2bit-no-node-aware", ["--method", "gnaq", "--bits", "2", "--no-node-aware"]),
     ("gnaq-2bit-no-dynamic", ["--method", "gnaq", "--bits", "2", "--no-dynamic"]),
     ("gnaq-2bit-ste", ["--method", "gnaq", "--bits", "2", "--estimator", "ste"]),

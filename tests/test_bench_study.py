@@ -1,6 +1,7 @@
 """The study's report: every row read back from real artifacts into JSON, a replaceable Markdown section, plots."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,3 +41,48 @@ def test_report_reads_the_rows_back_and_replaces_its_own_section(tmp_path):
     assert "Not run (time budget): seed 0 n2uq-2bit." in text
     for plot in ("ml-100k-bits.png", "ml-100k-curves.png"):
         assert (out / "bench" / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+    assert report["time_to_same_accuracy"][0]["seconds"].keys() == {"gnaq-2bit", "lsq-2bit"}
+
+
+def test_report_keeps_recorded_rows_whose_run_is_gone_only_for_the_same_command(tmp_path):
+    runs = tmp_path / "runs"
+    flags = dict(ROWS)
+    commands = {v: row_command("ml-100k", flags[v], 0, runs / "ml-100k-seed0", v, None)
+                for v in ("fp32", "ptq-node-2bit")}
+    for command in commands.values():
+        assert main(["train", *FAST, *command[command.index("--method"):]]) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    first = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
+    assert all(row["valid_curve"][1] for row in first["rows"])  # the validation curve travels with the row
+
+    shutil.rmtree(runs / "ml-100k-seed0" / "ptq-node-2bit")  # e.g. a fresh checkout: runs/ is not in git
+    kept = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
+    rows = {row["version"]: row for row in kept["rows"]}
+    assert rows["ptq-node-2bit"]["kept"] and "kept" not in rows["fp32"]
+    assert rows["ptq-node-2bit"]["test"] == first["rows"][1]["test"]
+    assert "| ptq-node-2bit † |" in (out / "BENCHMARKS.md").read_text()
+
+    changed = {**commands, "ptq-node-2bit": [*commands["ptq-node-2bit"], "--clip", "0.9"]}
+    assert write_report("ml-100k", runs, {0: changed}, budget_minutes=None, out_root=out)["not_run"] == [
+        "seed 0 ptq-node-2bit"]
+
+
+def test_records_without_settings_are_kept_only_where_no_later_default_applies(tmp_path):
+    # Rows recorded before they carried their settings trained without distillation, GNAQ's default since.
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (out / "bench" / "results").mkdir(parents=True)
+    (out / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    flags = dict(ROWS)
+    commands = {v: row_command("ml-100k", flags[v], 0, runs / "ml-100k-seed0", v, None)
+                for v in ("ptq-node-2bit", "gnaq-2bit")}
+    legacy = {"seed": 0, "method": "ptq", "bits": 2, "test": {m: 0.1 for m in ("recall@10", "ndcg@10", "recall@20",
+                                                                             "ndcg@20")},
+              "stored_bytes_per_node": 20.0, "served_bytes_per_item": 20.0, "train_seconds_by_stage": {"fp32": 1.0},
+              "epochs_by_stage": {"fp32": 1}, "device": "cpu"}
+    rows = [{**legacy, "version": v, "command": " ".join(c)} for v, c in commands.items()]
+    (out / "bench" / "results" / "ml-100k.json").write_text(json.dumps({"rows": rows}))
+    report = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
+    assert [row["version"] for row in report["rows"]] == ["ptq-node-2bit"]
+    assert report["not_run"] == ["seed 0 gnaq-2bit"]

@@ -81,12 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    settings = read_config_file(args.config) if args.config else {}
+    settings.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
+    return TrainConfig(**settings)
+
+
+def train_config(argv: list[str]) -> TrainConfig:
+    """The configuration that ``gnaq train`` with these arguments (after ``train``) would run with."""
+    return _train_config(_parser().parse_args(["train", *argv]))
+
+
 def _train(args: argparse.Namespace) -> int:
     from training.pipeline import run_training
 
-    settings = read_config_file(args.config) if args.config else {}
-    settings.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
-    config = TrainConfig(**settings)
+    config = _train_config(args)
     with logging_redirect_tqdm():
         result = run_training(config)
     manifest = result.manifest

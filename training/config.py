@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from model.quantizers import SUPPORTED_BITS
 
+# Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
+GNAQ_DISTILL = 1.0
+
 
 class TrainConfig(BaseModel):
     """Everything that determines a training run; recorded verbatim in the artifact manifest."""
@@ -55,6 +58,10 @@ class TrainConfig(BaseModel):
     eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
     equalize: bool = Field(True, description="shared per-dimension scale before per-node grids")
     clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
+    distill: float | None = Field(None, ge=0, description="weight of the listwise distillation from the fp32 model "
+                                  "in the quantization-aware stage; 0 is off (unset: on for gnaq, off otherwise)")
+    distill_temperature: float = Field(1.0, gt=0, description="softmax temperature of --distill")
+    distill_users: int = Field(1024, ge=1, description="users per step distilled over all items (--distill)")
     bigear_gamma: float = Field(1.0, gt=0, description="--method bigear: width gamma of the Dirac-delta "
                                 "gradient gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
     model_dir: str | None = None
@@ -81,6 +88,13 @@ class TrainConfig(BaseModel):
         if self.method == "bigear" and self.bits != 1:
             raise ValueError("method bigear binarizes every layer: it needs bits = 1 (--bits 1)")
         return self
+
+    @property
+    def distill_weight(self) -> float:
+        """``distill`` resolved: GNAQ distils from its fp32 warm start by default; the baselines do not."""
+        if self.distill is not None:
+            return self.distill
+        return GNAQ_DISTILL if self.method == "gnaq" else 0.0
 
     @property
     def selection_metric(self) -> str:

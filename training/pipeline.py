@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
+from model.distillation import ListwiseDistillation
 from model.graph import mean_adjacency, node_degrees, normalized_adjacency
 from model.lightgcn import LightGCN
 from model.quantized_table import QuantizedTable
@@ -166,6 +167,11 @@ def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
 def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage)."""
     c, data = ws.config, ws.data
+    distillation = None
+    if c.distill_weight > 0 and c.method != "ptq":
+        with torch.no_grad():
+            distillation = ListwiseDistillation(model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
+                                                temperature=c.distill_temperature, users_per_step=c.distill_users)
     if c.method == "ptq":
         model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq_granularity == "node")
         return []
@@ -185,7 +191,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
                          minutes=c.qat_minutes, lr_patience=c.qat_lr_patience),
-               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress)
+               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation)
 
 
 def _dataset_record(ws: Workspace) -> dict:

@@ -17,6 +17,7 @@ from model.lightgcn import LightGCN
 from training.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
+ExtraLoss = Callable[[Tensor, Tensor], Tensor]  # (served embeddings, batch users) -> loss term
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ class EpochRecord:
 
 def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Tensor,
                 pairs: np.ndarray, sampler: NegativeSampler, settings: FitSettings,
-                rng: np.random.Generator) -> float:
-    """One pass over every training interaction in shuffled mini-batches; returns the mean loss."""
+                rng: np.random.Generator, extra_loss: ExtraLoss | None = None) -> float:
+    """One pass over every training interaction in shuffled mini-batches; returns the mean loss.
+
+    ``extra_loss(final, users)``, if given, is added to each step's BPR + L2 loss (e.g. distillation).
+    """
     model.train()
     device = adjacency.device
     order = rng.permutation(len(pairs))
@@ -58,8 +62,9 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
         batch = pairs[order[start:start + settings.batch_size]]
         negatives = sampler.sample(batch[:, 0])
         users, pos, neg = (torch.from_numpy(a).to(device) for a in (batch[:, 0], batch[:, 1], negatives))
-        bpr, reg = model.bpr_loss(model(adjacency), users, pos, neg, settings.l2)
-        loss = bpr + reg
+        final = model(adjacency)
+        bpr, reg = model.bpr_loss(final, users, pos, neg, settings.l2)
+        loss = bpr + reg if extra_loss is None else bpr + reg + extra_loss(final, users)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -70,7 +75,8 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
 
 def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
         validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
-        rng: np.random.Generator, progress: bool = True) -> list[EpochRecord]:
+        rng: np.random.Generator, progress: bool = True,
+        extra_loss: ExtraLoss | None = None) -> list[EpochRecord]:
     """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
@@ -86,7 +92,7 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
-        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng)
+        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss)
         record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
         out_of_time = deadline is not None and time.perf_counter() >= deadline
         if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
