@@ -174,8 +174,10 @@ def _markdown(dataset: str, report: dict) -> str:
                      f" | {_cell([sum(own)], 0)} | {epochs} |")
     lines += [""] + _verdicts(rows, fp32, report)
     if any(r.get("kept") for r in rows):
-        lines.append("* † Kept from an earlier run of the same command on the same kind of machine (its run directory "
-                     "was not on disk when this report was written); the others were (re)trained for it.")
+        lines.append("* † Kept from an earlier run of the same command and settings on the same kind of machine "
+                     "(its run directory was not on disk when this report was written); the others were (re)trained "
+                     "for it. Where a stage has a wall-time budget, a kept row's fp32 warm start may have run a "
+                     "different number of epochs than the fp32 row above (see its epochs column).")
     if report["not_run"]:
         lines.append(f"* Not run (time budget): {', '.join(report['not_run'])}.")
     lines += ["", f"![Recall@20 against bits, {title}](bench/plots/{dataset}-bits.png)",
