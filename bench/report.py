@@ -73,9 +73,9 @@ def _cell(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _valid_curve(history: list[dict], stage_prefix: str) -> tuple[list[float], list[float]]:
+def _valid_curve(history: list[dict], stage_prefix: str) -> list[list[float]]:
     """(cumulative training seconds, validation Recall@20) of the stage whose name starts with the prefix."""
-    seconds, points = 0.0, ([], [])
+    seconds, points = 0.0, [[], []]  # lists, as they read back from the JSON
     for record in history:
         if not record["stage"].startswith(stage_prefix):
             continue
@@ -89,7 +89,7 @@ def _valid_curve(history: list[dict], stage_prefix: str) -> tuple[list[float], l
 def time_to_same_accuracy(rows: list[dict], seed: int, versions: tuple[str, str]) -> dict | None:
     """QAT-stage training seconds each row needs to first reach the validation Recall@20 both reach."""
     curves = {r["version"]: r.get("valid_curve") for r in rows if r["seed"] == seed and r["version"] in versions}
-    if len(curves) < len(versions) or not all(curves.values()):
+    if len(curves) < len(versions) or not all(curve and curve[1] for curve in curves.values()):
         return None
     target = min(max(recall) for _, recall in curves.values())
     reached = {v: next(s for s, r in zip(*c, strict=True) if r >= target) for v, c in curves.items()}
