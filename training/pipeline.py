@@ -167,11 +167,6 @@ def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
 def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage)."""
     c, data = ws.config, ws.data
-    distillation = None
-    if c.distill_weight > 0 and c.method != "ptq":
-        with torch.no_grad():
-            distillation = ListwiseDistillation(model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
-                                                temperature=c.distill_temperature, users_per_step=c.distill_users)
     if c.method == "ptq":
         model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq_granularity == "node")
         return []
@@ -186,6 +181,11 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
             quantizer.initialize(model.propagate(ws.adjacency))
     else:
         quantizer = _baseline_quantizer(ws, model)
+    distillation = None
+    if c.distill_weight > 0:  # the teacher: the fp32 model as it is before its quantizer is attached
+        with torch.no_grad():
+            distillation = ListwiseDistillation(model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
+                                                temperature=c.distill_temperature, users_per_step=c.distill_users)
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
