@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from model.quantized_table import QuantizedTable  # noqa: E402
 from training.artifact import read_artifact  # noqa: E402
 from training.cli import train_config  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -234,15 +235,21 @@ def _earlier_rows(results_path: Path) -> dict[tuple[int, str], dict]:
 def _still_valid(record: dict, command: list[str]) -> bool:
     """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
 
-    Records written before rows carried their settings are trusted where the only default changed since then
-    does not apply: they trained without distillation (``--distill``), on by default for GNAQ since.
+    A setting added after the record was written matches when it is at its default (new settings default to
+    the behaviour before them). Records written before rows carried their settings are trusted where the only
+    default changed since then does not apply: they trained without distillation (``--distill``), on by
+    default for GNAQ since.
     """
     if record["command"] != " ".join(command):
         return False
     expected = train_config(command[2:])
-    if "config" in record:
-        return record["config"] == json.loads(expected.model_dump_json())
-    return expected.distill_weight == 0
+    if "config" not in record:
+        return expected.distill_weight == 0
+    current, recorded = json.loads(expected.model_dump_json()), record["config"]
+    added = current.keys() - recorded.keys()
+    defaults = {name: TrainConfig.model_fields[name].get_default(call_default_factory=True) for name in added}
+    return recorded.keys() <= current.keys() and all(current[name] == recorded[name] for name in recorded) \
+        and all(current[name] == defaults[name] for name in added)
 
 
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,

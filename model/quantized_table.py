@@ -19,11 +19,12 @@ from model.packing import MAX_BITS, packed_size
 
 @dataclass(frozen=True, eq=False)
 class QuantizedTable:
-    """``x_hat[v] = (offset[v] + scale[v] * codes[v]) * dim_scale``; parameters ``(N,)``, ``(1,)`` or ``(N, S)``.
+    """``x_hat[v] = (offset[v] + scale[v] * codes[v]) * dim_scale + dim_center``; parameters ``(N,)``, ``(1,)``
+    or ``(N, S)``.
 
     With ``(N, S)`` parameters, segment ``j`` of row ``v`` (columns ``j*d/S .. (j+1)*d/S - 1``) uses
     ``scale[v, j]`` and ``offset[v, j]``. ``dim_scale`` (float16 ``(d,)``, optional) is a per-dimension
-    scale shared by all rows.
+    scale shared by all rows, ``dim_center`` (float16 ``(d,)``, optional) the table's mean vector.
 
     Arrays are not copied; callers must not mutate them after construction.
     """
@@ -33,6 +34,7 @@ class QuantizedTable:
     offset: np.ndarray
     bits: int
     dim_scale: np.ndarray | None = None
+    dim_center: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) \
@@ -56,12 +58,12 @@ class QuantizedTable:
                                  f"got {value.shape}")
             if not np.isfinite(value).all():
                 raise ValueError(f"{name} contains non-finite values")
-        if self.dim_scale is not None and (not isinstance(self.dim_scale, np.ndarray)
-                                           or self.dim_scale.dtype != np.float16
-                                           or self.dim_scale.shape != (self.dim,)
-                                           or not np.isfinite(self.dim_scale).all()):
-            raise ValueError(f"dim_scale must be a finite float16 array of shape ({self.dim},), "
-                             f"got {_describe(self.dim_scale)}")
+        for name in ("dim_scale", "dim_center"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, np.ndarray) or value.dtype != np.float16
+                                      or value.shape != (self.dim,) or not np.isfinite(value).all()):
+                raise ValueError(f"{name} must be a finite float16 array of shape ({self.dim},), "
+                                 f"got {_describe(value)}")
         if self.scale.shape != self.offset.shape:
             raise ValueError(f"scale {self.scale.shape} and offset {self.offset.shape} shapes differ")
 
@@ -83,7 +85,7 @@ class QuantizedTable:
     @property
     def nbytes_packed(self) -> int:
         """Stored size: codes at ``bits`` bits per value plus the float16 parameters."""
-        extra = 0 if self.dim_scale is None else self.dim_scale.nbytes
+        extra = sum(v.nbytes for v in (self.dim_scale, self.dim_center) if v is not None)
         return packed_size(self.codes.size, int(self.bits)) + self.scale.nbytes + self.offset.nbytes + extra
 
     def dequantize(self, rows: np.ndarray | None = None) -> np.ndarray:
@@ -102,7 +104,8 @@ class QuantizedTable:
         scale32 = scale.astype(np.float32).reshape(len(scale), segments)[:, :, None]
         offset32 = offset.astype(np.float32).reshape(len(offset), segments)[:, :, None]
         decoded = (offset32 + scale32 * shaped).reshape(codes.shape)
-        return decoded if self.dim_scale is None else decoded * self.dim_scale.astype(np.float32)
+        decoded = decoded if self.dim_scale is None else decoded * self.dim_scale.astype(np.float32)
+        return decoded if self.dim_center is None else decoded + self.dim_center.astype(np.float32)
 
 
 def _describe(value: object) -> str:

@@ -26,12 +26,13 @@ _MIN_SCALE = 1e-4  # float16 keeps ~3 significant digits from here on; avoids a 
 
 
 class QuantizedCodes(NamedTuple):
-    """What ``encode`` returns for all nodes: codes, float16 parameters, optional dimension scale."""
+    """What ``encode`` returns for all nodes: codes, float16 parameters, optional dimension scale and centres."""
 
     codes: Tensor
     scale: Tensor
     offset: Tensor
     dim_scale: Tensor | None
+    dim_center: Tensor | None = None  # (2, d): the user table's and the item table's mean vector
 
 
 def _check_bits(bits: int) -> int:
@@ -108,6 +109,8 @@ class EmbeddingQuantizer(nn.Module):
         self.n_users = n_users
         # Optional shared per-dimension scale g: codes quantize z / g and decode to g * x_hat.
         self.register_buffer("dim_scale", None)
+        # Optional per-table mean vectors mu (users, items), (2, d): codes quantize (z - mu) / g.
+        self.register_buffer("dim_center", None)
 
     @property
     def levels(self) -> int:
@@ -128,14 +131,28 @@ class EmbeddingQuantizer(nn.Module):
     def _stored_dim_scale(self) -> Tensor | None:
         return None if self.dim_scale is None else self.dim_scale.to(torch.float16).float()
 
+    def _stored_centers(self, n_nodes: int) -> Tensor | None:
+        """``(N, d)``: each row's table mean as stored (float16), or None without centring."""
+        if self.dim_center is None:
+            return None
+        users, items = self.dim_center.to(torch.float16).float()
+        return torch.cat([users.expand(self.n_users, -1), items.expand(n_nodes - self.n_users, -1)])
+
+    def _normalized(self, z: Tensor) -> Tensor:
+        """What the grids quantize: ``(z - mu) / g`` (each part only where it is set)."""
+        centers, g = self._stored_centers(len(z)), self._stored_dim_scale()
+        z = z if centers is None else z - centers
+        return z if g is None else z / g
+
     def forward(self, z: Tensor) -> Tensor:
         """Differentiable fake-quantized ``z``: the values the served codes decode to."""
-        g = self._stored_dim_scale()
-        z = z if g is None else z / g
-        scale, offset = self.node_parameters(z)
-        codes = torch.clamp(self.round((z - offset) / scale), 0, self.levels)
+        x = self._normalized(z)
+        scale, offset = self.node_parameters(x)
+        codes = torch.clamp(self.round((x - offset) / scale), 0, self.levels)
         decoded = offset + scale * codes
-        return decoded if g is None else decoded * g
+        g, centers = self._stored_dim_scale(), self._stored_centers(len(z))
+        decoded = decoded if g is None else decoded * g
+        return decoded if centers is None else decoded + centers
 
     @torch.no_grad()
     def encode(self, z: Tensor) -> QuantizedCodes:
@@ -145,13 +162,13 @@ class EmbeddingQuantizer(nn.Module):
         reproduces exactly what evaluation scores. Per-table quantizers return ``(2,)`` parameters
         (users, items); per-node ones ``(N,)``.
         """
-        g = self._stored_dim_scale()
-        z = z if g is None else z / g
-        codes, scale16, offset16 = encode_stored(z, *self.node_parameters(z), self.bits)
+        g, x = self._stored_dim_scale(), self._normalized(z)
+        codes, scale16, offset16 = encode_stored(x, *self.node_parameters(x), self.bits)
         if not self.per_node:
             scale16, offset16 = scale16[[0, self.n_users]], offset16[[0, self.n_users]]
         return QuantizedCodes(codes, scale16.squeeze(1), offset16.squeeze(1),
-                              None if g is None else g.to(torch.float16))
+                              None if g is None else g.to(torch.float16),
+                              None if self.dim_center is None else self.dim_center.to(torch.float16))
 
 
 class UniformQuantizer(EmbeddingQuantizer):
@@ -178,18 +195,20 @@ class GNAQQuantizer(EmbeddingQuantizer):
     message passing (layer mean of ``P^k theta`` over the row-normalised graph ``P``); else they are
     fixed at initialisation from the warm-start embeddings.
     ``estimator`` (c): ``"graph"`` (graph relation-aware, see ``_GraphRelationAwareRound``) or ``"ste"``.
+    ``center``: subtract each table's mean vector before the grids (the direction all users, or all
+    items, share is stored once per table instead of being rounded in every node).
     """
 
     def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
                  layers: int, node_aware: bool = True, dynamic: bool = True,
                  estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
-                 clip: float = 0.8) -> None:
+                 clip: float = 0.8, center: bool = False) -> None:
         super().__init__(bits, n_users)
         if estimator not in ("graph", "ste"):
             raise ValueError(f"estimator must be 'graph' or 'ste', got {estimator!r}")
         n_nodes = mean_adjacency.shape[0]
         self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
-        self.layers, self.eta, self.equalize, self.clip = layers, eta, equalize, clip
+        self.layers, self.eta, self.equalize, self.clip, self.center = layers, eta, equalize, clip, center
         self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
         self.register_buffer("mean_adjacency_t", csr_transpose(mean_adjacency), persistent=False)
         self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
@@ -226,10 +245,14 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def initialize(self, z: Tensor) -> None:
         """Start from the node's own value distribution of the warm-start embeddings ``z``."""
         self.theta.zero_()
+        self.dim_scale, self.dim_center = None, None
+        if self.center:
+            self.dim_center = torch.stack([z[:self.n_users].mean(dim=0), z[self.n_users:].mean(dim=0)])
+        x = self._normalized(z)
         if self.equalize:
-            self.dim_scale = z.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
-            z = z / self._stored_dim_scale()
-        scale, offset = gaussian_grid(*self._statistics(z), self.bits, self.clip)
+            self.dim_scale = x.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
+            x = self._normalized(z)
+        scale, offset = gaussian_grid(*self._statistics(x), self.bits, self.clip)
         self.fixed_scale.copy_(scale)
         self.fixed_offset.copy_(offset)
 

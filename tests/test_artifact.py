@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -239,8 +240,29 @@ def test_unknown_format_version(tmp_path: Path) -> None:
     manifest = json.loads(path.read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="unknown format version 2"):
+    with pytest.raises(ArtifactError, match=f"unknown format version {FORMAT_VERSION + 1}"):
         read_artifact(version_dir)
+
+
+def test_table_vectors_round_trip_and_version_1_artifacts_stay_readable(tmp_path: Path) -> None:
+    original = _artifact()
+    rng = np.random.default_rng(1)
+    vectors = {"dim_scale": rng.uniform(0.5, 2, 5).astype(np.float16),
+               "dim_center": rng.normal(size=5).astype(np.float16)}
+    item = QuantizedTable(original.item.codes, original.item.scale, original.item.offset, original.item.bits, **vectors)
+    centred = write_artifact(tmp_path, dataclasses.replace(original, item=item))
+    loaded = read_artifact(centred)
+    np.testing.assert_array_equal(loaded.item.dim_center, vectors["dim_center"])
+    np.testing.assert_array_equal(loaded.item.dequantize(), item.dequantize())
+    assert loaded.user.dim_center is None and "item_dim_center.npy" in loaded.manifest["files"]
+    assert loaded.manifest["layout"]["item"]["dim_center"] and "dim_center" not in loaded.manifest["layout"]["user"]
+
+    plain = write_artifact(tmp_path, original)  # no centre: exactly what a version 1 writer wrote
+    path = plain / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    path.write_text(json.dumps(manifest))
+    _assert_same_table(read_artifact(plain).item, original.item)
 
 
 def _assert_nothing_left(model_dir: Path) -> None:

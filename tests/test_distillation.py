@@ -46,6 +46,21 @@ def test_only_the_first_users_of_the_batch_are_distilled():
     assert distil(student, torch.tensor([1, 0])).item() > 0
 
 
+def test_excluded_items_leave_both_softmaxes():
+    # User 0 trained on item 0, user 1 on items 1 and 2: only the rest of each row is distilled.
+    distil = ListwiseDistillation(TEACHER, n_users=2, weight=1.0, exclude=torch.tensor([[1, 2], [0, 0], [1, 1]]))
+    student = TEACHER.clone()
+    student[2:] = student[2:].flip(0)
+    t, s = TEACHER[:1] @ TEACHER[3:].T, student[:1] @ student[3:].T  # user 0 over items 1 and 2
+    p = torch.softmax(t, dim=1)
+    expected = (p * (p.log() - torch.log_softmax(s, dim=1))).sum() / 2  # user 1 has one item left: KL 0
+    assert distil(student, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    moved = student.clone()
+    moved[2] = torch.tensor([-5.0, 7.0])  # item 0: excluded for user 0, and user 1's only item left
+    assert distil(moved, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("kwargs", [{"weight": 0.0}, {"weight": 1.0, "temperature": 0.0},
                                     {"weight": 1.0, "users_per_step": 0}])
 def test_bad_settings_are_rejected(kwargs):

@@ -26,12 +26,15 @@ def _decode(encoded, bits: int) -> np.ndarray:
     if len(scale) == 2 and len(codes) != 2:  # per table: users, items
         scale = np.r_[[scale[0]] * N_USERS, [scale[1]] * N_ITEMS].astype(np.float16)
         offset = np.r_[[offset[0]] * N_USERS, [offset[1]] * N_ITEMS].astype(np.float16)
-    return QuantizedTable(codes, scale, offset, bits, dim_scale).dequantize()
+    centers = (None, None) if encoded.dim_center is None else encoded.dim_center.numpy()
+    sides = (slice(0, N_USERS), slice(N_USERS, None))
+    return np.concatenate([QuantizedTable(codes[side], scale[side], offset[side], bits, dim_scale, center).dequantize()
+                           for side, center in zip(sides, centers, strict=True)])
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("switches", [{}, {"node_aware": False}, {"dynamic": False}, {"estimator": "ste"},
-                                      {"equalize": False}])
+                                      {"equalize": False}, {"center": True}, {"center": True, "equalize": False}])
 def test_encoded_codes_decode_to_the_fake_quantized_values(bits, switches):
     generator = torch.Generator().manual_seed(bits)
     z = torch.randn(N_USERS + N_ITEMS, DIM, generator=generator) * torch.linspace(0.2, 2.0, N_USERS + N_ITEMS)[:, None]
@@ -45,6 +48,26 @@ def test_encoded_codes_decode_to_the_fake_quantized_values(bits, switches):
     # that a value lying on a rounding boundary may land on the neighbouring level (rare).
     differs = np.abs(decoded - quantizer(z).detach().numpy()) > 0.01 * float(z.abs().max())
     assert differs.mean() < 0.01
+
+
+def test_centring_stores_each_tables_mean_once_and_shrinks_the_error_of_a_shared_direction():
+    generator = torch.Generator().manual_seed(0)
+    shared = torch.linspace(-3.0, 3.0, DIM)  # a direction every item has: rounded in every row without centring
+    z = torch.randn(N_USERS + N_ITEMS, DIM, generator=generator)
+    z[N_USERS:] += shared
+    errors = {}
+    for center in (False, True):
+        quantizer = _gnaq(center=center)
+        quantizer.initialize(z)
+        encoded = quantizer.encode(z)
+        errors[center] = float(np.abs(_decode(encoded, 2) - z.numpy()).mean())
+    assert encoded.dim_center.dtype == torch.float16 and encoded.dim_center.shape == (2, DIM)
+    assert torch.allclose(encoded.dim_center[1].float(), z[N_USERS:].mean(0), atol=1e-2)
+    assert errors[True] < 0.8 * errors[False]
+    table = QuantizedTable(encoded.codes.numpy()[N_USERS:], encoded.scale.numpy()[N_USERS:],
+                           encoded.offset.numpy()[N_USERS:], 2, encoded.dim_scale.numpy(),
+                           encoded.dim_center[1].numpy())
+    assert table.nbytes_packed == N_ITEMS * (DIM * 2 // 8 + 4) + 2 * DIM * 2  # codes, scale+offset, g and mu
 
 
 def test_node_aware_parameters_follow_each_nodes_spread():

@@ -1,12 +1,13 @@
-"""The training loop's stopping rules: wall-time budget, learning-rate halving on a plateau, early stopping."""
+"""The training loop's rules: wall-time budget, learning-rate halving on a plateau, early stopping, weight averaging."""
 
 import numpy as np
 import pytest
+import torch
 
 from model.graph import normalized_adjacency
 from model.lightgcn import LightGCN
 from training.sampling import NegativeSampler
-from training.trainer import FitSettings, fit
+from training.trainer import FitSettings, WeightAverage, fit
 
 N_USERS, N_ITEMS = 30, 40
 
@@ -48,3 +49,33 @@ def test_early_stopping_after_patience_validations_without_improvement(problem):
 def test_without_lr_patience_the_learning_rate_is_constant(problem):
     history = _fit(problem, [0.1, 0.2, 0.2, 0.2, 0.3], FitSettings(epochs=4, batch_size=64, lr=0.01, eval_every=1))
     assert {r.lr for r in history[1:]} == {0.01}
+
+
+def test_weight_average_follows_the_parameters_by_its_decay_and_lends_them_back():
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = WeightAverage(layer, decay=0.75)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    average.update()  # 0.75 * 1 + 0.25 * 5
+    with average.swapped_in():
+        assert torch.equal(layer.weight, torch.full((1, 2), 2.0))
+    assert torch.equal(layer.weight, torch.full((1, 2), 5.0))  # training goes on from its own weights
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(layer, decay=1.0)
+
+
+def test_with_ema_the_averaged_weights_are_validated_and_kept(problem):
+    model, adjacency, pairs, sampler, rng = problem
+    seen = []
+
+    def validate():
+        seen.append(model.embedding.weight.detach().clone())
+        return {"recall@20": [0.1, 0.5, 0.2][len(seen) - 1]}
+
+    start = model.embedding.weight.detach().clone()
+    fit(model, adjacency, pairs, sampler, validate, FitSettings(epochs=2, batch_size=64, lr=0.05, eval_every=1,
+                                                                ema=0.5), stage="gnaq-2bit", rng=rng, progress=False)
+    assert not torch.equal(seen[1], start)
+    assert torch.equal(model.embedding.weight, seen[1])  # the best validated (averaged) state is the one kept

@@ -12,6 +12,8 @@ Version directory layout::
     {user,item}_codes.bin       quantized side: codes packed at `bits` bits/value (model.packing)
     {user,item}_params.npy      quantized side: float16 (N, 2) or (1, 2) columns scale, offset;
                                 (N, 2, S) for S row segments (layout ``segments``, absent = 1)
+    {user,item}_dim_scale.npy   quantized side, optional: float16 (d,) per-dimension scale
+    {user,item}_dim_center.npy  quantized side, optional (format 2): float16 (d,) table mean vector
     {user,item}_embeddings.npy  full-precision side: float32 (N, d)
     ids.json                    {"users": [...], "items": [...]} external ids by row
     train_interactions.npz      training items per user as CSR (indptr, indices), compressed
@@ -39,7 +41,11 @@ import numpy as np
 from model.packing import pack_codes, unpack_codes
 from model.quantized_table import QuantizedTable
 
-FORMAT_VERSION = 1
+# 2: a quantized table may carry its mean vector (``dim_center``). Version 1 artifacts, which never do, stay readable;
+# a version 1 reader rejects version 2 rather than serve a centred table without its centre.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+_DIM_VECTORS = ("dim_scale", "dim_center")  # optional (d,) float16 vectors of a quantized table, one file each
 CURRENT_FILE = "CURRENT"
 PUBLISHED_FILE = "PUBLISHED"  # every version CURRENT has named, one per line, oldest first
 MANIFEST_FILE = "manifest.json"
@@ -227,8 +233,8 @@ def _payload(artifact: ModelArtifact, extra_files: dict[str, bytes]) -> list[tup
         if isinstance(table, QuantizedTable):
             out.append((f"{side}_codes.bin", pack_codes(table.codes, table.bits).tobytes()))
             out.append((f"{side}_params.npy", _npy(np.stack([table.scale, table.offset], axis=1))))  # (N, 2[, S])
-            if table.dim_scale is not None:
-                out.append((f"{side}_dim_scale.npy", _npy(table.dim_scale)))
+            out.extend((f"{side}_{name}.npy", _npy(getattr(table, name))) for name in _DIM_VECTORS
+                       if getattr(table, name) is not None)
         else:
             out.append((f"{side}_embeddings.npy", _npy(table)))
     ids = {"users": list(artifact.user_ids), "items": list(artifact.item_ids)}
@@ -272,6 +278,8 @@ def _layout(artifact: ModelArtifact) -> dict[str, Any]:
         if isinstance(table, QuantizedTable):
             entry.update(kind="quantized", bits=int(table.bits), param_rows=int(table.scale.shape[0]),
                          dim_scale=table.dim_scale is not None)
+            if table.dim_center is not None:  # only then, like segments
+                entry.update(dim_center=True)
             if table.segments > 1:  # only then: layouts of unsegmented tables stay as they were
                 entry.update(segments=table.segments)
         else:
@@ -360,9 +368,9 @@ def _read_manifest(version_dir: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is corrupt or truncated: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} is not a JSON object")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ArtifactError(f"{path} has unknown format version {manifest.get('format_version')!r} "
-                            f"(this reader understands {FORMAT_VERSION})")
+                            f"(this reader understands {', '.join(map(str, READABLE_FORMAT_VERSIONS))})")
     files, layout = manifest.get("files"), manifest.get("layout")
     if not isinstance(files, dict) or not isinstance(layout, dict) \
             or not all(side in layout for side in _SIDES) or "arrays" not in layout:
@@ -418,10 +426,10 @@ def _load_table(side: str, entry: dict[str, Any], data: dict[str, bytes]) -> Tab
         raise ArtifactError(f"{side}_params.npy must be {expected} scale, offset; got {params.shape}")
     packed = np.frombuffer(data[f"{side}_codes.bin"], dtype=np.uint8)
     codes = unpack_codes(packed, int(entry["bits"]), shape)
-    dim_scale = _load_npy(data, f"{side}_dim_scale.npy") if entry.get("dim_scale") else None
+    vectors = {name: _load_npy(data, f"{side}_{name}.npy") if entry.get(name) else None for name in _DIM_VECTORS}
     try:
         return QuantizedTable(codes=codes, scale=params[:, 0].copy(), offset=params[:, 1].copy(),
-                              bits=int(entry["bits"]), dim_scale=dim_scale)
+                              bits=int(entry["bits"]), **vectors)
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{side} table is inconsistent: {exc}") from exc
 
@@ -441,7 +449,7 @@ def _side_files(side: str, entry: dict[str, Any]) -> tuple[str, ...]:
     kind = entry["kind"]
     if kind == "quantized":
         files = (f"{side}_codes.bin", f"{side}_params.npy")
-        return files + (f"{side}_dim_scale.npy",) if entry.get("dim_scale") else files
+        return files + tuple(f"{side}_{name}.npy" for name in _DIM_VECTORS if entry.get(name))
     if kind == "float32":
         return (f"{side}_embeddings.npy",)
     raise ArtifactError(f"unknown table kind {kind!r} for {side}")
@@ -450,7 +458,7 @@ def _side_files(side: str, entry: dict[str, Any]) -> tuple[str, ...]:
 def _reserved_files() -> set[str]:
     reserved = {MANIFEST_FILE, IDS_FILE, TRAIN_FILE, CURRENT_FILE}
     for side in _SIDES:
-        reserved.update(_side_files(side, {"kind": "quantized", "dim_scale": True})
+        reserved.update(_side_files(side, {"kind": "quantized", **dict.fromkeys(_DIM_VECTORS, True)})
                         + _side_files(side, {"kind": "float32"}))
     return reserved
 

@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
                                     "validations without improvement (unset: constant)")
     eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
     qat_lr_patience: int | None = Field(None, ge=0, description="--lr-patience of the quantization-aware stage")
+    qat_ema: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving average "
+                                  "of the quantization-aware stage's weights, this decay per step (unset: off)")
     qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the quantization-aware stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "
                           "the largest selects checkpoints")
@@ -57,11 +59,15 @@ class TrainConfig(BaseModel):
     estimator: Literal["graph", "ste"] = "graph"
     eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
     equalize: bool = Field(True, description="shared per-dimension scale before per-node grids")
+    center: bool = Field(False, description="GNAQ: subtract each table's mean vector (stored once) before "
+                         "the per-node grids")
     clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
     distill: float | None = Field(None, ge=0, description="weight of the listwise distillation from the fp32 model "
                                   "in the quantization-aware stage; 0 is off (unset: on for gnaq, off otherwise)")
     distill_temperature: float = Field(1.0, gt=0, description="softmax temperature of --distill")
     distill_users: int = Field(1024, ge=1, description="users per step distilled over all items (--distill)")
+    distill_unseen: bool = Field(False, description="distil each user's ranking of the items outside their "
+                                 "training pairs only, the ones ranking shows (--distill)")
     bigear_gamma: float = Field(1.0, gt=0, description="--method bigear: width gamma of the Dirac-delta "
                                 "gradient gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
     model_dir: str | None = None

@@ -87,10 +87,11 @@ def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Tabl
     codes = encoded.codes.cpu().numpy()
     scale, offset = encoded.scale.cpu().numpy(), encoded.offset.cpu().numpy()
     dim_scale = None if encoded.dim_scale is None else encoded.dim_scale.cpu().numpy()
+    centers = (None, None) if encoded.dim_center is None else encoded.dim_center.cpu().numpy()
     sides = (slice(0, n_users), slice(n_users, None))
     params = sides if len(scale) == len(codes) else (slice(0, 1), slice(1, 2))  # per node, or (users, items)
-    user, item = (QuantizedTable(codes[side], scale[p], offset[p], model.quantizer.bits, dim_scale)
-                  for side, p in zip(sides, params, strict=True))
+    user, item = (QuantizedTable(codes[side], scale[p], offset[p], model.quantizer.bits, dim_scale, center)
+                  for side, p, center in zip(sides, params, centers, strict=True))
     return user, item
 
 
@@ -113,10 +114,10 @@ def _validator(ws: Workspace, model: LightGCN):
 
 
 def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int, minutes: float | None,
-              lr_patience: int | None) -> FitSettings:
+              lr_patience: int | None, ema: float | None = None) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
                        patience=config.patience, eval_every=eval_every, metric=config.selection_metric,
-                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience)
+                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience, ema=ema)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
@@ -176,6 +177,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
                                                                 ws.device),
             influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
             dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
+            center=c.center,
         ).to(ws.device)
         with torch.no_grad():
             quantizer.initialize(model.propagate(ws.adjacency))
@@ -184,13 +186,15 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     distillation = None
     if c.distill_weight > 0:  # the teacher: the fp32 model as it is before its quantizer is attached
         with torch.no_grad():
-            distillation = ListwiseDistillation(model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
-                                                temperature=c.distill_temperature, users_per_step=c.distill_users)
+            distillation = ListwiseDistillation(
+                model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
+                temperature=c.distill_temperature, users_per_step=c.distill_users,
+                exclude=torch.from_numpy(ws.fit_pairs) if c.distill_unseen else None)
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
-                         minutes=c.qat_minutes, lr_patience=c.qat_lr_patience),
+                         minutes=c.qat_minutes, lr_patience=c.qat_lr_patience, ema=c.qat_ema),
                stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation)
 
 
@@ -210,7 +214,7 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node, **q.record()}
     if isinstance(q, GNAQQuantizer):
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
-                      clip=q.clip, layers=q.layers)
+                      clip=q.clip, center=q.center, layers=q.layers)
     return record
 
 

@@ -6,6 +6,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,41 @@ class FitSettings:
     metric: str = "recall@20"
     max_seconds: float | None = None  # wall-time budget of the stage; the last epoch is validated
     lr_patience: int | None = None  # halve lr after more than this many validations without improvement
+    ema: float | None = None  # validate and keep an exponential moving average of the weights (decay per step)
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable parameters, ``avg <- decay*avg + (1-decay)*p`` per step.
+
+    Why: late in a quantization-aware stage single steps flip codes back and forth and validation
+    wanders within noise; the average of the latent weights sits in the middle of that walk.
+    ``swapped_in`` lends the averaged weights to the model (to validate, or to keep them as the best state).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, p in zip(self.average, self.params, strict=True):
+            avg.lerp_(p, 1 - self.decay)
+
+    @contextmanager
+    def swapped_in(self):
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self.params]
+            for p, avg in zip(self.params, self.average, strict=True):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self.params, current, strict=True):
+                    p.copy_(saved)
 
 
 @dataclass
@@ -49,10 +85,12 @@ class EpochRecord:
 
 def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Tensor,
                 pairs: np.ndarray, sampler: NegativeSampler, settings: FitSettings,
-                rng: np.random.Generator, extra_loss: ExtraLoss | None = None) -> float:
+                rng: np.random.Generator, extra_loss: ExtraLoss | None = None,
+                average: WeightAverage | None = None) -> float:
     """One pass over every training interaction in shuffled mini-batches; returns the mean loss.
 
-    ``extra_loss(final, users)``, if given, is added to each step's BPR + L2 loss (e.g. distillation).
+    ``extra_loss(final, users)``, if given, is added to each step's BPR + L2 loss (e.g. distillation);
+    ``average``, if given, is updated after every step.
     """
     model.train()
     device = adjacency.device
@@ -68,6 +106,8 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update()
         total += loss.item()
         batches += 1
     return total / max(batches, 1)
@@ -81,7 +121,8 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
     the test split is never looked at here. The starting state (epoch 0) is a candidate too, so a
-    warm-started stage can never end worse on validation than where it began.
+    warm-started stage can never end worse on validation than where it began. With ``settings.ema``
+    the averaged weights are what is validated and kept; training continues from the raw ones.
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -89,21 +130,23 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     history = [EpochRecord(stage, 0, None, 0.0, validate())]
     best_score, best_state, waited = history[0].valid[settings.metric], copy.deepcopy(model.state_dict()), 0
     deadline = None if settings.max_seconds is None else time.perf_counter() + settings.max_seconds
+    average = None if settings.ema is None else WeightAverage(model, settings.ema)
     bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
-        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss)
+        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss, average)
         record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
         out_of_time = deadline is not None and time.perf_counter() >= deadline
         if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
-            record.valid = validate()
-            score = record.valid[settings.metric]
+            with nullcontext() if average is None else average.swapped_in():
+                record.valid = validate()
+                score = record.valid[settings.metric]
+                if score > best_score:
+                    best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+                else:
+                    waited += 1
             if plateau is not None:
                 plateau.step(score)
-            if score > best_score:
-                best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-            else:
-                waited += 1
             bar.set_postfix(loss=f"{loss:.4f}", **{settings.metric: f"{score:.4f}"})
             log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch, lr %.2g)", stage, epoch, loss,
                      settings.metric, score, record.seconds, record.lr)
