@@ -7,7 +7,9 @@ every node's grid (docs/method.md): a grid fitted to the node's own mean and spr
 the refined parameters of its neighbours (b): a new node has no learned ``theta`` of its own, so its
 layer mean ``1/(L+1) sum_k P^k theta`` is ``L/(L+1)`` times the mean of its items' refined ``theta``.
 Only the served item table, the item degrees, the items' refined ``theta`` and the quantizer settings
-are needed, and all of them are in the artifact.
+are needed, and all of them are in the artifact. A centred model's user mean (``--center``) is not
+applied: a folded-in vector is built on the items' scale, not the trained users', so its own grid is
+fitted to it directly.
 """
 
 from __future__ import annotations

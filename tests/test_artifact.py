@@ -345,6 +345,12 @@ def test_quantized_table_validation() -> None:
         QuantizedTable(codes=codes, scale=np.ones(2, dtype=np.float16), offset=scale, bits=2)
     with pytest.raises(ValueError, match="bits"):
         QuantizedTable(codes=codes, scale=scale, offset=scale, bits=9)
+    for name in ("dim_scale", "dim_center"):
+        with pytest.raises(ValueError, match=rf"{name} must be a finite float16 array of shape \(4,\)"):
+            QuantizedTable(codes=codes, scale=scale, offset=scale, bits=2, **{name: np.ones(3, dtype=np.float16)})
+        with pytest.raises(ValueError, match=name):
+            QuantizedTable(codes=codes, scale=scale, offset=scale, bits=2,
+                           **{name: np.array([1, np.inf, 1, 1], dtype=np.float16)})
 
 
 def test_dequantize_matches_formula_and_rows() -> None:

@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
+from service.engine.index import CodeIndex
 from tests.conftest import FAST
 from training.artifact import read_artifact
 from training.cli import main
+from training.pipeline import evaluate_artifact
 
 
 def test_train_publishes_a_complete_artifact(trained, capsys):
@@ -73,3 +77,16 @@ def test_console_script_and_data_stats():
                          capture_output=True, text=True, check=True).stdout
     stats = json.loads(out)
     assert stats["users"] == 943 and stats["interactions"] == 100000
+
+
+def test_a_centred_distilled_averaged_run_serves_exactly_what_it_was_tested_on(tmp_path):
+    assert main(["train", *FAST, "--method", "gnaq", "--bits", "2", "--center", "--distill-unseen",
+                 "--qat-ema", "0.9", "--model-dir", str(tmp_path), "--version", "v1"]) == 0
+    artifact = read_artifact(tmp_path / "v1")
+    manifest = artifact.manifest
+    assert manifest["quantizer"]["center"] is True and manifest["config"]["qat_ema"] == 0.9
+    assert artifact.user.dim_center is not None and artifact.item.dim_center is not None
+    assert evaluate_artifact(artifact) == manifest["metrics"]["test"]  # the stored centres are the tested ones
+    query = artifact.user.dequantize(np.array([0]))[0]
+    np.testing.assert_allclose(CodeIndex(artifact.item).scores(query), artifact.item.dequantize() @ query,
+                               rtol=1e-5, atol=1e-5)

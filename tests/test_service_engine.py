@@ -16,18 +16,19 @@ from service.main import open_store
 from training.artifact import read_artifact
 
 
-def _table(bits, n=400, d=24, per_node=True, seed=0):
+def _table(bits, n=400, d=24, per_node=True, seed=0, centred=False):
     rng = np.random.default_rng(seed)
     rows = n if per_node else 1
     return QuantizedTable(rng.integers(0, 2**bits, (n, d)).astype(np.uint8),
                           (rng.random(rows) + 0.1).astype(np.float16), rng.standard_normal(rows).astype(np.float16),
-                          bits, (rng.random(d) + 0.5).astype(np.float16))
+                          bits, (rng.random(d) + 0.5).astype(np.float16),
+                          rng.standard_normal(d).astype(np.float16) if centred else None)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("per_node", [True, False])
-def test_code_index_ranks_like_the_dequantized_float_index(bits, per_node):
-    table = _table(bits, per_node=per_node)
+@pytest.mark.parametrize(("per_node", "centred"), [(True, False), (False, False), (True, True)])
+def test_code_index_ranks_like_the_dequantized_float_index(bits, per_node, centred):
+    table = _table(bits, per_node=per_node, centred=centred)
     codes, flat = CodeIndex(table), FloatIndex(table.dequantize())
     rng = np.random.default_rng(1)
     for _ in range(20):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -58,7 +58,7 @@ class WeightAverage:
             avg.lerp_(p, 1 - self.decay)
 
     @contextmanager
-    def swapped_in(self):
+    def swapped_in(self) -> Iterator[None]:
         with torch.no_grad():
             current = [p.detach().clone() for p in self.params]
             for p, avg in zip(self.params, self.average, strict=True):

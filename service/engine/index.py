@@ -7,7 +7,8 @@ Two interchangeable kinds (``GNAQ_INDEX``), with the same ranking:
 * ``codes``: scores straight from the item codes with per-query lookup tables (asymmetric distance
   computation, as product quantization does): the ``m = 8 // bits`` codes of consecutive dimensions
   form one byte-sized key, so ``q . c_i = sum_j LUT_j[key_ij]`` and
-  ``x_u . x_i = o_i sum(q) + s_i (q . c_i)`` with ``q = x_u * dim_scale``, accumulated in float64.
+  ``x_u . x_i = o_i sum(q) + s_i (q . c_i) + x_u . mu`` with ``q = x_u * dim_scale`` and ``mu`` the
+  table's mean vector (``dim_center``, zero if absent), accumulated in float64.
   Memory per item: ``ceil(d / m)`` key bytes + 4 bytes of float16 scale and offset (2 bits, d=64:
   20 B), and a lookup table of ``ceil(d / m) x 256`` floats per query.
 
@@ -106,10 +107,11 @@ class CodeIndex:
         self._digits = digits.T.astype(np.float64)  # (per_key, 256): the code of each dim in each key
         self._scale, self._offset = table.scale, table.offset  # float16, widened exactly when scoring
         self._dim_scale = None if table.dim_scale is None else table.dim_scale.astype(np.float64)
+        self._dim_center = None if table.dim_center is None else table.dim_center.astype(np.float64)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """float64 inner products of ``query`` with every decoded item vector."""
-        q = np.asarray(query, dtype=np.float64)
+        x = q = np.asarray(query, dtype=np.float64)
         if self._dim_scale is not None:
             q = q * self._dim_scale
         padded = np.zeros(self._n_keys * self._per_key)
@@ -118,7 +120,8 @@ class CodeIndex:
         dot, gathered = np.zeros(self.n_items), np.empty(self.n_items)
         for table, keys in zip(lut, self._keys, strict=True):
             np.add(dot, np.take(table, keys, out=gathered), out=dot)  # take: ~1.5x faster than table[keys]
-        return np.multiply(self._offset, q.sum(), dtype=np.float64) + np.multiply(self._scale, dot, dtype=np.float64)
+        scores = np.multiply(self._offset, q.sum(), dtype=np.float64) + np.multiply(self._scale, dot, dtype=np.float64)
+        return scores if self._dim_center is None else scores + x @ self._dim_center  # the same for every item
 
     def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = self.scores(query)
