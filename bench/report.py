@@ -236,16 +236,12 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
 
     A setting added after the record was written matches when it is at its default (new settings default to
-    the behaviour before them). Records written before rows carried their settings are trusted where the only
-    default changed since then does not apply: they trained without distillation (``--distill``), on by
-    default for GNAQ since.
+    the behaviour before them). Records written before rows carried their settings are never kept: the config
+    file their command names may have changed since, and nothing recorded says.
     """
-    if record["command"] != " ".join(command):
+    if record["command"] != " ".join(command) or "config" not in record:
         return False
-    expected = train_config(command[2:])
-    if "config" not in record:
-        return expected.distill_weight == 0
-    current, recorded = json.loads(expected.model_dump_json()), record["config"]
+    current, recorded = json.loads(train_config(command[2:]).model_dump_json()), record["config"]
     added = current.keys() - recorded.keys()
     defaults = {name: TrainConfig.model_fields[name].get_default(call_default_factory=True) for name in added}
     return recorded.keys() <= current.keys() and all(current[name] == recorded[name] for name in recorded) \

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from tests.conftest import FAST
-from training.cli import main
+from training.cli import main, train_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from report import write_report  # noqa: E402
+from report import _still_valid, write_report  # noqa: E402
 from study import ROWS, row_command  # noqa: E402
 
 
@@ -71,8 +71,8 @@ def test_report_keeps_recorded_rows_whose_run_is_gone_only_for_the_same_command(
         "seed 0 ptq-node-2bit"]
 
 
-def test_records_without_settings_are_kept_only_where_no_later_default_applies(tmp_path):
-    # Rows recorded before they carried their settings trained without distillation, GNAQ's default since.
+def test_records_without_settings_are_not_kept(tmp_path):
+    # Their command's config file may have changed since they were trained; only recorded settings can tell.
     runs, out = tmp_path / "runs", tmp_path / "out"
     (out / "bench" / "results").mkdir(parents=True)
     (out / "BENCHMARKS.md").write_text("# Benchmarks\n")
@@ -84,7 +84,18 @@ def test_records_without_settings_are_kept_only_where_no_later_default_applies(t
               "stored_bytes_per_node": 20.0, "served_bytes_per_item": 20.0, "train_seconds_by_stage": {"fp32": 1.0},
               "epochs_by_stage": {"fp32": 1}, "device": "cpu"}
     rows = [{**legacy, "version": v, "command": " ".join(c)} for v, c in commands.items()]
+    rows[1]["config"] = json.loads(train_config(commands["gnaq-2bit"][2:]).model_dump_json())
     (out / "bench" / "results" / "ml-100k.json").write_text(json.dumps({"rows": rows}))
     report = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
-    assert [row["version"] for row in report["rows"]] == ["ptq-node-2bit"]
-    assert report["not_run"] == ["seed 0 gnaq-2bit"]
+    assert [row["version"] for row in report["rows"]] == ["gnaq-2bit"]
+    assert report["not_run"] == ["seed 0 ptq-node-2bit"]
+
+
+def test_a_setting_added_after_a_record_matches_only_at_its_default(tmp_path):
+    command = row_command("ml-100k", dict(ROWS)["gnaq-2bit"], 0, tmp_path, "gnaq-2bit", None)
+    config = json.loads(train_config(command[2:]).model_dump_json())
+    older = {"command": " ".join(command), "config": {k: v for k, v in config.items() if k != "center"}}
+    assert _still_valid(older, command)  # --center did not exist yet, and its default is what ran
+    centred = [*command, "--center"]
+    assert not _still_valid({**older, "command": " ".join(centred)}, centred)
+    assert not _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5}}, command)
