@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from model.quantized_table import QuantizedTable  # noqa: E402
 from training.artifact import read_artifact  # noqa: E402
 from training.cli import train_config  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import GNAQ_SETTINGS, TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -236,12 +236,16 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
 
     A setting added after the record was written matches when it is at its default (new settings default to
-    the behaviour before them). Records written before rows carried their settings are never kept: the config
-    file their command names may have changed since, and nothing recorded says.
+    the behaviour before them); GNAQ's own settings are not compared for other methods' rows. Records written
+    before rows carried their settings are never kept: the config file their command names may have changed
+    since, and nothing recorded says.
     """
     if record["command"] != " ".join(command) or "config" not in record:
         return False
-    current, recorded = json.loads(train_config(command[2:]).model_dump_json()), record["config"]
+    expected = train_config(command[2:])
+    ignored = GNAQ_SETTINGS if expected.method != "gnaq" else frozenset()
+    current = {k: v for k, v in json.loads(expected.model_dump_json()).items() if k not in ignored}
+    recorded = {k: v for k, v in record["config"].items() if k not in ignored}
     added = current.keys() - recorded.keys()
     defaults = {name: TrainConfig.model_fields[name].get_default(call_default_factory=True) for name in added}
     return recorded.keys() <= current.keys() and all(current[name] == recorded[name] for name in recorded) \

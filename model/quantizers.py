@@ -202,20 +202,21 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
                  layers: int, node_aware: bool = True, dynamic: bool = True,
                  estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
-                 clip: float = 0.8, center: bool = False) -> None:
+                 clip: float = 0.8, center: bool = False, track_stats: bool = True) -> None:
         super().__init__(bits, n_users)
         if estimator not in ("graph", "ste"):
             raise ValueError(f"estimator must be 'graph' or 'ste', got {estimator!r}")
         n_nodes = mean_adjacency.shape[0]
         self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
         self.layers, self.eta, self.equalize, self.clip, self.center = layers, eta, equalize, clip, center
+        self.track_stats = track_stats
         self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
         self.register_buffer("mean_adjacency_t", csr_transpose(mean_adjacency), persistent=False)
         self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
         # theta = (rho, delta): log-multiplier of the step and shift of the centre, in node std units.
         self.theta = nn.Parameter(torch.zeros(n_nodes if node_aware else 2, 2), requires_grad=dynamic)
-        self.register_buffer("fixed_scale", torch.ones(n_nodes, 1))
-        self.register_buffer("fixed_offset", torch.zeros(n_nodes, 1))
+        self.register_buffer("fixed_mean", torch.zeros(n_nodes, 1))
+        self.register_buffer("fixed_std", torch.ones(n_nodes, 1))
 
     def _statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of each node's own values (or of its whole table)."""
@@ -252,14 +253,14 @@ class GNAQQuantizer(EmbeddingQuantizer):
         if self.equalize:
             self.dim_scale = x.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
             x = self._normalized(z)
-        scale, offset = gaussian_grid(*self._statistics(x), self.bits, self.clip)
-        self.fixed_scale.copy_(scale)
-        self.fixed_offset.copy_(offset)
+        mean, std = self._statistics(x)
+        self.fixed_mean.copy_(mean)
+        self.fixed_std.copy_(std)
 
     def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if not self.dynamic:
-            return self.fixed_scale, self.fixed_offset
-        mean, std = self._statistics(z)
+            return gaussian_grid(self.fixed_mean, self.fixed_std, self.bits, self.clip)
+        mean, std = self._statistics(z) if self.track_stats else (self.fixed_mean, self.fixed_std)
         theta = self._refined_theta(len(z))
         # The initial grid, its step scaled by exp(rho~) and its centre shifted by delta~ node stds.
         return gaussian_grid(mean + std.clamp_min(1e-8) * theta[:, 1:], std * torch.exp(theta[:, :1]),

@@ -99,3 +99,10 @@ def test_a_setting_added_after_a_record_matches_only_at_its_default(tmp_path):
     centred = [*command, "--center"]
     assert not _still_valid({**older, "command": " ".join(centred)}, centred)
     assert not _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5}}, command)
+
+
+def test_gnaq_settings_do_not_invalidate_other_methods_rows(tmp_path):
+    command = row_command("ml-100k", dict(ROWS)["lsq-2bit"], 0, tmp_path, "lsq-2bit", None)
+    config = json.loads(train_config(command[2:]).model_dump_json())
+    assert _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5, "center": True}}, command)
+    assert not _still_valid({"command": " ".join(command), "config": {**config, "qat_lr": 0.5}}, command)

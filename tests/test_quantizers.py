@@ -34,7 +34,8 @@ def _decode(encoded, bits: int) -> np.ndarray:
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("switches", [{}, {"node_aware": False}, {"dynamic": False}, {"estimator": "ste"},
-                                      {"equalize": False}, {"center": True}, {"center": True, "equalize": False}])
+                                      {"equalize": False}, {"center": True}, {"center": True, "equalize": False},
+                                      {"track_stats": False}])
 def test_encoded_codes_decode_to_the_fake_quantized_values(bits, switches):
     generator = torch.Generator().manual_seed(bits)
     z = torch.randn(N_USERS + N_ITEMS, DIM, generator=generator) * torch.linspace(0.2, 2.0, N_USERS + N_ITEMS)[:, None]
@@ -101,13 +102,26 @@ def test_graph_estimator_adds_a_pull_towards_the_grid_and_ste_does_not():
         quantizer(x).sum().backward()
         grads[estimator] = x.grad
     assert not torch.allclose(grads["ste"], grads["graph"])
-    scale, offset = quantizer.fixed_scale, quantizer.fixed_offset
+    scale, offset = quantizer.node_parameters(z)  # fixed: the same for any input
     u = (z / quantizer.dim_scale.half().float() - offset) / scale
     inside = (u > 0) & (u < 2**2 - 1)
     # The correction has the sign of the rounding residual: it moves u towards round(u).
     difference = (grads["graph"] - grads["ste"])[inside]
     residual = (u - torch.round(u))[inside]
     assert (torch.sign(difference) == torch.sign(residual))[residual.abs() > 1e-3].all()
+
+
+def test_without_tracked_statistics_only_the_learned_corrections_move_the_grid():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    quantizer = _gnaq(track_stats=False)
+    quantizer.initialize(z)
+    start = quantizer.node_parameters(quantizer._normalized(z))
+    moved = quantizer.node_parameters(quantizer._normalized(3 * z))  # the embeddings change: the grid does not
+    assert all(torch.equal(a, b) for a, b in zip(start, moved, strict=True))
+    with torch.no_grad():
+        quantizer.theta[:, 0] = 0.5  # a learned wider step
+    wider, _ = quantizer.node_parameters(quantizer._normalized(z))
+    assert torch.allclose(wider, start[0] * torch.exp(torch.tensor(0.5)))
 
 
 def test_fixed_parameters_are_not_trained():

@@ -7,7 +7,7 @@ import torch
 from model.graph import normalized_adjacency
 from model.lightgcn import LightGCN
 from training.sampling import NegativeSampler
-from training.trainer import FitSettings, WeightAverage, fit
+from training.trainer import FitSettings, WeightAverage, _parameter_groups, fit
 
 N_USERS, N_ITEMS = 30, 40
 
@@ -79,3 +79,12 @@ def test_with_ema_the_averaged_weights_are_validated_and_kept(problem):
                                                                 ema=0.5), stage="gnaq-2bit", rng=rng, progress=False)
     assert not torch.equal(seen[1], start)
     assert torch.equal(model.embedding.weight, seen[1])  # the best validated (averaged) state is the one kept
+
+
+def test_named_parameters_can_train_at_a_scaled_learning_rate(problem):
+    model, adjacency, pairs, sampler, rng = problem
+    groups = _parameter_groups(model, 0.01, {"embedding.weight": 0.1})
+    assert [g.get("lr") for g in groups] == [pytest.approx(0.001)]  # the only parameter, in its own group
+    with pytest.raises(ValueError, match="no trainable parameter named quantizer.theta"):
+        fit(model, adjacency, pairs, sampler, lambda: {"recall@20": 0.1}, FitSettings(epochs=1), stage="fp32",
+            rng=rng, progress=False, lr_scales={"quantizer.theta": 0.1})

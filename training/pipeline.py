@@ -177,7 +177,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
                                                                 ws.device),
             influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
             dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
-            center=c.center,
+            center=c.center, track_stats=c.track_stats,
         ).to(ws.device)
         with torch.no_grad():
             quantizer.initialize(model.propagate(ws.adjacency))
@@ -195,7 +195,9 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
                _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
                          minutes=c.qat_minutes, lr_patience=c.qat_lr_patience, ema=c.qat_ema),
-               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation)
+               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation,
+               lr_scales={"quantizer.theta": c.theta_lr_scale}
+               if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None)
 
 
 def _dataset_record(ws: Workspace) -> dict:
@@ -214,7 +216,7 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node, **q.record()}
     if isinstance(q, GNAQQuantizer):
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
-                      clip=q.clip, center=q.center, layers=q.layers)
+                      clip=q.clip, center=q.center, track_stats=q.track_stats, layers=q.layers)
     return record
 
 

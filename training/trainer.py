@@ -116,15 +116,16 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
 def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
         validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
         rng: np.random.Generator, progress: bool = True,
-        extra_loss: ExtraLoss | None = None) -> list[EpochRecord]:
+        extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None) -> list[EpochRecord]:
     """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
     the test split is never looked at here. The starting state (epoch 0) is a candidate too, so a
     warm-started stage can never end worse on validation than where it began. With ``settings.ema``
     the averaged weights are what is validated and kept; training continues from the raw ones.
+    ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
     """
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    optimizer = torch.optim.Adam(_parameter_groups(model, settings.lr, lr_scales or {}), lr=settings.lr)
     plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
     history = [EpochRecord(stage, 0, None, 0.0, validate())]
@@ -157,3 +158,14 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
             break
     model.load_state_dict(best_state)
     return history
+
+
+def _parameter_groups(model: torch.nn.Module, lr: float, lr_scales: dict[str, float]) -> list[dict]:
+    """Trainable parameters in Adam groups: the named ones at their scaled rate, the rest at ``lr``."""
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    unknown = lr_scales.keys() - named.keys()
+    if unknown:
+        raise ValueError(f"no trainable parameter named {', '.join(sorted(unknown))}")
+    groups = [{"params": [p for name, p in named.items() if name not in lr_scales]}]
+    groups += [{"params": [named[name]], "lr": lr * scale} for name, scale in lr_scales.items()]
+    return [g for g in groups if g["params"]]
