@@ -89,6 +89,12 @@ def encode_stored(x: Tensor, scale: Tensor, offset: Tensor, bits: int) -> tuple[
     return torch.clamp(torch.round(u), 0, 2**bits - 1).to(torch.uint8), scale16, offset16
 
 
+def _shift_and_scale(z: Tensor, centers: Tensor | None, g: Tensor | None) -> Tensor:
+    """``(z - centers) / g``, each step skipped where its part is None."""
+    z = z if centers is None else z - centers
+    return z if g is None else z / g
+
+
 def _per_table(values: Tensor, n_users: int, reduce) -> Tensor:
     """Apply ``reduce`` to the user rows and to the item rows separately; broadcast back per row."""
     users, items = reduce(values[:n_users]), reduce(values[n_users:])
@@ -140,17 +146,15 @@ class EmbeddingQuantizer(nn.Module):
 
     def _normalized(self, z: Tensor) -> Tensor:
         """What the grids quantize: ``(z - mu) / g`` (each part only where it is set)."""
-        centers, g = self._stored_centers(len(z)), self._stored_dim_scale()
-        z = z if centers is None else z - centers
-        return z if g is None else z / g
+        return _shift_and_scale(z, self._stored_centers(len(z)), self._stored_dim_scale())
 
     def forward(self, z: Tensor) -> Tensor:
         """Differentiable fake-quantized ``z``: the values the served codes decode to."""
-        x = self._normalized(z)
+        centers, g = self._stored_centers(len(z)), self._stored_dim_scale()
+        x = _shift_and_scale(z, centers, g)
         scale, offset = self.node_parameters(x)
         codes = torch.clamp(self.round((x - offset) / scale), 0, self.levels)
         decoded = offset + scale * codes
-        g, centers = self._stored_dim_scale(), self._stored_centers(len(z))
         decoded = decoded if g is None else decoded * g
         return decoded if centers is None else decoded + centers
 
