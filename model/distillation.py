@@ -37,28 +37,34 @@ class ListwiseDistillation:
         self.weight, self.temperature, self.users_per_step = weight, temperature, users_per_step
         self.excluded = None if exclude is None else _rows(exclude, n_users, teacher.device)
 
-    def _mask(self, users: Tensor, logits: Tensor) -> Tensor:
-        """``logits`` with each user's excluded items set to ``_EXCLUDED``."""
+    def _excluded_cells(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(row, item)`` index of every excluded item of ``users`` in a ``(len(users), n_items)`` score matrix."""
         if self.excluded is None:
-            return logits
+            return None
         indptr, items = self.excluded
         starts, counts = indptr[users], indptr[users + 1] - indptr[users]
-        row = torch.repeat_interleave(torch.arange(len(users), device=logits.device), counts)
-        within = torch.arange(len(row), device=logits.device) - torch.repeat_interleave(counts.cumsum(0) - counts,
-                                                                                       counts)
-        return logits.index_put((row, items[starts[row] + within]), torch.tensor(_EXCLUDED, device=logits.device))
+        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        first = torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # each cell's user's first cell
+        within = torch.arange(len(row), device=users.device) - first
+        return row, items[starts[row] + within]
 
     def __call__(self, final: Tensor, users: Tensor) -> Tensor:
         """The loss term for the student's served embeddings ``final`` and the batch's ``users``."""
         chosen = users[: self.users_per_step]
         t = self.temperature
+        cells = self._excluded_cells(chosen)  # built once, applied to both score matrices
+
+        def log_softmax(embeddings: Tensor) -> Tensor:
+            logits = embeddings[chosen] @ embeddings[self.n_users:].T / t
+            if cells is not None:
+                logits = logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
+            return torch.log_softmax(logits, dim=1)
+
         with torch.no_grad():
-            target = torch.log_softmax(self._mask(chosen, self.teacher[chosen] @ self.teacher[self.n_users:].T / t),
-                                       dim=1)
-        student = torch.log_softmax(self._mask(chosen, final[chosen] @ final[self.n_users:].T / t), dim=1)
+            target = log_softmax(self.teacher)
+        student = log_softmax(final)
         kl = (target.exp() * (target - student)).sum(dim=1).mean()
         return self.weight * t * t * kl
-
 
 def _rows(pairs: Tensor, n_users: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(indptr, items)``: the pairs grouped by user, CSR-style, for gathering a batch's items."""
