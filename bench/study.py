@@ -1,10 +1,12 @@
 """The quantization study for one dataset: every row of the table, trained under a time budget, then reported.
 
-Usage: python bench/study.py DATASET [--seeds 0 1 2] [--budget-minutes 60] [--data-dir DIR]
+Usage: python bench/study.py DATASET [--seeds 0 1 2] [--budget-minutes 60] [--data-dir DIR] [--rows ROW ...]
 
 Each row is one ``gnaq train`` command (settings from ``bench/configs/DATASET.toml`` plus the row's flags), run
 in priority order into ``runs/DATASET-seed<S>/<row>/``; a row already there is kept, so an interrupted study
-resumes. Rows not started before the budget is spent are listed as not run. Then ``bench/report.py`` writes
+resumes. ``--rows`` trains only the named rows (say, the GNAQ rows after a change to GNAQ); the report keeps the
+others from the previous results where their command and settings still hold. Rows not started before the
+budget is spent are listed as not run. Then ``bench/report.py`` writes
 ``bench/results/DATASET.json``, the Markdown table into BENCHMARKS.md and the PNG plots under ``bench/plots/``.
 All quantized rows of a seed share one fp32 warm start (cached in the model dir), trained by the first row.
 """
@@ -58,14 +60,16 @@ def row_command(dataset: str, row_flags: list[str], seed: int, model_dir: Path, 
 
 
 def run_rows(commands: dict[int, dict[str, list[str]]], runs_dir: Path, dataset: str,
-             budget_minutes: float | None) -> list[str]:
-    """Train every missing row of every seed until the budget is spent; returns the failures."""
+             budget_minutes: float | None, only: set[str] | None = None) -> list[str]:
+    """Train every missing row (of ``only``, if given) of every seed until the budget is spent; returns the failures."""
     started = time.monotonic()
     failed = []
     for seed, by_version in commands.items():
         model_dir = runs_dir / f"{dataset}-seed{seed}"
         model_dir.mkdir(parents=True, exist_ok=True)
         for version, command in by_version.items():
+            if only is not None and version not in only:
+                continue
             if (model_dir / version / "manifest.json").is_file():
                 print(f"== seed {seed} {version}: exists, kept", flush=True)
                 continue
@@ -91,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="directory of the shared datasets (default: $GNAQ_DATA_DIR)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the rows on disk")
+    parser.add_argument("--rows", nargs="+", metavar="ROW", help="train only these rows (default: every row)")
     args = parser.parse_args(argv)
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         parser.error("--budget-minutes must be positive")
+    unknown = sorted(set(args.rows or ()) - dict(ROWS).keys())
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(unknown)} (rows: {', '.join(dict(ROWS))})")
     commands = {seed: {version: row_command(args.dataset, flags, seed, args.runs_dir / f"{args.dataset}-seed{seed}",
                                             version, args.data_dir) for version, flags in ROWS}
                 for seed in args.seeds}
-    failed = [] if args.report_only else run_rows(commands, args.runs_dir, args.dataset, args.budget_minutes)
+    failed = [] if args.report_only else run_rows(commands, args.runs_dir, args.dataset, args.budget_minutes,
+                                                  None if args.rows is None else set(args.rows))
     write_report(args.dataset, args.runs_dir, commands, budget_minutes=args.budget_minutes)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)

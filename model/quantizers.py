@@ -221,6 +221,8 @@ class GNAQQuantizer(EmbeddingQuantizer):
         self.theta = nn.Parameter(torch.zeros(n_nodes if node_aware else 2, 2), requires_grad=dynamic)
         self.register_buffer("fixed_mean", torch.zeros(n_nodes, 1))
         self.register_buffer("fixed_std", torch.ones(n_nodes, 1))
+        # Set by ``freeze``: the grids stay at fixed_mean/fixed_std from then on (a state, so it is checkpointed).
+        self.register_buffer("frozen", torch.tensor(False))
 
     def _statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of each node's own values (or of its whole table)."""
@@ -250,6 +252,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def initialize(self, z: Tensor) -> None:
         """Start from the node's own value distribution of the warm-start embeddings ``z``."""
         self.theta.zero_()
+        self.frozen.fill_(False)
         self.dim_scale, self.dim_center = None, None
         if self.center:
             self.dim_center = torch.stack([z[:self.n_users].mean(dim=0), z[self.n_users:].mean(dim=0)])
@@ -261,14 +264,29 @@ class GNAQQuantizer(EmbeddingQuantizer):
         self.fixed_mean.copy_(mean)
         self.fixed_std.copy_(std)
 
-    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.dynamic:
-            return gaussian_grid(self.fixed_mean, self.fixed_std, self.bits, self.clip)
+    def _refined_statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Each grid's centre and spread under (b): the node's statistics corrected by its refined theta."""
         mean, std = self._statistics(z) if self.track_stats else (self.fixed_mean, self.fixed_std)
         theta = self._refined_theta(len(z))
-        # The initial grid, its step scaled by exp(rho~) and its centre shifted by delta~ node stds.
-        return gaussian_grid(mean + std.clamp_min(1e-8) * theta[:, 1:], std * torch.exp(theta[:, :1]),
-                             self.bits, self.clip)
+        # The node's grid, its step scaled by exp(rho~) and its centre shifted by delta~ node stds.
+        return mean + std.clamp_min(1e-8) * theta[:, 1:], std * torch.exp(theta[:, :1])
+
+    @torch.no_grad()
+    def freeze(self, z: Tensor) -> None:
+        """End the refinement (b): fix every node's grid where it stands for final embeddings ``z``.
+
+        Why: a grid that keeps moving with the embeddings trains worse late in the stage than a fixed
+        one (docs/method.md); refining first and then freezing keeps what refinement found.
+        """
+        mean, std = self._refined_statistics(self._normalized(z))
+        self.fixed_mean.copy_(mean)
+        self.fixed_std.copy_(std)
+        self.frozen.fill_(True)
+
+    def node_parameters(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.dynamic or self.frozen:
+            return gaussian_grid(self.fixed_mean, self.fixed_std, self.bits, self.clip)
+        return gaussian_grid(*self._refined_statistics(z), self.bits, self.clip)
 
     def round(self, u: Tensor) -> Tensor:
         if self.estimator == "ste":

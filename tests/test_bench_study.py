@@ -5,12 +5,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FAST
 from training.cli import main, train_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from report import _still_valid, write_report  # noqa: E402
-from study import ROWS, row_command  # noqa: E402
+from study import ROWS, row_command, run_rows  # noqa: E402
+from study import main as study_main
 
 
 def test_report_reads_the_rows_back_and_replaces_its_own_section(tmp_path):
@@ -106,3 +109,16 @@ def test_gnaq_settings_do_not_invalidate_other_methods_rows(tmp_path):
     config = json.loads(train_config(command[2:]).model_dump_json())
     assert _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5, "center": True}}, command)
     assert not _still_valid({"command": " ".join(command), "config": {**config, "qat_lr": 0.5}}, command)
+
+
+def test_only_the_named_rows_are_trained(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    flags = dict(ROWS)
+    commands = {v: ["gnaq", "train", *FAST, *row_command("ml-100k", flags[v], 0, runs / "ml-100k-seed0", v, None)[2:]]
+                for v in ("fp32", "ptq-node-2bit")}
+    assert run_rows({0: commands}, runs, "ml-100k", None, only={"ptq-node-2bit"}) == []
+    assert [p.name for p in (runs / "ml-100k-seed0").iterdir() if (p / "manifest.json").is_file()] == [
+        "ptq-node-2bit"]
+    with pytest.raises(SystemExit):
+        study_main(["ml-100k", "--rows", "gnaq-3bit"])
+    assert "unknown rows: gnaq-3bit" in capsys.readouterr().err

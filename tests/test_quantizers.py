@@ -124,6 +124,27 @@ def test_without_tracked_statistics_only_the_learned_corrections_move_the_grid()
     assert torch.allclose(wider, start[0] * torch.exp(torch.tensor(0.5)))
 
 
+def test_freezing_keeps_the_refined_grid_and_stops_following_the_embeddings():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    quantizer = _gnaq()
+    quantizer.initialize(z)
+    with torch.no_grad():
+        quantizer.theta[:, 0] = 0.3  # learned corrections: a wider step and a shifted centre
+        quantizer.theta[:, 1] = -0.2
+    refined = quantizer.node_parameters(quantizer._normalized(z))
+    quantizer.freeze(z)
+    assert bool(quantizer.frozen) and "frozen" in quantizer.state_dict()
+    frozen = quantizer.node_parameters(quantizer._normalized(z))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(refined, frozen, strict=True))
+    moved = quantizer.node_parameters(quantizer._normalized(3 * z))  # the embeddings move on, the grid stays
+    assert all(torch.equal(a, b) for a, b in zip(frozen, moved, strict=True))
+    with torch.no_grad():
+        quantizer.theta.zero_()  # theta no longer enters the grid either
+    assert torch.equal(quantizer.node_parameters(quantizer._normalized(z))[0], frozen[0])
+    quantizer.initialize(z)  # a new stage starts dynamic again
+    assert not bool(quantizer.frozen)
+
+
 def test_fixed_parameters_are_not_trained():
     quantizer = _gnaq(dynamic=False)
     assert not quantizer.theta.requires_grad

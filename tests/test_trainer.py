@@ -88,3 +88,16 @@ def test_named_parameters_can_train_at_a_scaled_learning_rate(problem):
     with pytest.raises(ValueError, match="no trainable parameter named quantizer.theta"):
         fit(model, adjacency, pairs, sampler, lambda: {"recall@20": 0.1}, FitSettings(epochs=1), stage="fp32",
             rng=rng, progress=False, lr_scales={"quantizer.theta": 0.1})
+
+
+def test_after_epoch_runs_after_each_epochs_training_and_before_its_validation(problem):
+    events = []
+    model, adjacency, pairs, sampler, rng = problem
+
+    def validate():
+        events.append("validate")
+        return {"recall@20": 0.1}
+
+    fit(model, adjacency, pairs, sampler, validate, FitSettings(epochs=2, batch_size=64, eval_every=1), stage="fp32",
+        rng=rng, progress=False, after_epoch=lambda epoch: events.append(epoch))
+    assert events == ["validate", 1, "validate", 2, "validate"]

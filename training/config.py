@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from model.quantizers import SUPPORTED_BITS
 
 # Settings only GNAQ's quantizer reads: they cannot change a row of another method.
-GNAQ_SETTINGS = frozenset({"node_aware", "dynamic", "track_stats", "theta_lr_scale", "estimator", "eta", "equalize",
-                           "clip", "center"})
+GNAQ_SETTINGS = frozenset({"node_aware", "dynamic", "track_stats", "theta_lr_scale", "refine_epochs", "estimator",
+                           "eta", "equalize", "clip", "center"})
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
 GNAQ_DISTILL = 1.0
@@ -70,6 +70,9 @@ class TrainConfig(BaseModel):
                               "only the refined corrections)")
     theta_lr_scale: float = Field(1.0, gt=0, description="GNAQ (b): learning rate of the corrections theta as a "
                                   "multiple of --qat-lr")
+    refine_epochs: int | None = Field(None, ge=1, description="GNAQ (b): refine the grids for this many "
+                                      "quantization-aware epochs, then freeze them where they stand (unset: "
+                                      "refine throughout)")
     clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
     distill: float | None = Field(None, ge=0, description="weight of the listwise distillation from the fp32 model "
                                   "in the quantization-aware stage; 0 is off (unset: on for gnaq, off otherwise)")

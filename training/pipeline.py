@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,7 +198,20 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
                          minutes=c.qat_minutes, lr_patience=c.qat_lr_patience, ema=c.qat_ema),
                stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation,
                lr_scales={"quantizer.theta": c.theta_lr_scale}
-               if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None)
+               if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
+               after_epoch=_refinement_schedule(ws, model))
+
+
+def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None] | None:
+    """``--refine-epochs E``: the hook that freezes GNAQ's grids after quantization-aware epoch E."""
+    quantizer, epochs = model.quantizer, ws.config.refine_epochs
+    if not isinstance(quantizer, GNAQQuantizer) or not quantizer.dynamic or epochs is None:
+        return None
+
+    def freeze_after(epoch: int) -> None:
+        if epoch == epochs:
+            quantizer.freeze(model.quantizer_input(ws.adjacency))
+    return freeze_after
 
 
 def _dataset_record(ws: Workspace) -> dict:
@@ -216,7 +230,8 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node, **q.record()}
     if isinstance(q, GNAQQuantizer):
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
-                      clip=q.clip, center=q.center, track_stats=q.track_stats, layers=q.layers)
+                      clip=q.clip, center=q.center, track_stats=q.track_stats, layers=q.layers,
+                      frozen=bool(q.frozen))
     return record
 
 

@@ -116,7 +116,8 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
 def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
         validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
         rng: np.random.Generator, progress: bool = True,
-        extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None) -> list[EpochRecord]:
+        extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None,
+        after_epoch: Callable[[int], None] | None = None) -> list[EpochRecord]:
     """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
@@ -124,6 +125,7 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     warm-started stage can never end worse on validation than where it began. With ``settings.ema``
     the averaged weights are what is validated and kept; training continues from the raw ones.
     ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
+    ``after_epoch(epoch)``, if given, runs after each epoch's training, before its validation.
     """
     optimizer = torch.optim.Adam(_parameter_groups(model, settings.lr, lr_scales or {}), lr=settings.lr)
     plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -136,6 +138,8 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     for epoch in bar:
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss, average)
+        if after_epoch is not None:
+            after_epoch(epoch)
         record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
         out_of_time = deadline is not None and time.perf_counter() >= deadline
         if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
