@@ -275,8 +275,9 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def freeze(self, z: Tensor) -> None:
         """End the refinement (b): fix every node's grid where it stands for final embeddings ``z``.
 
-        Why: a grid that keeps moving with the embeddings trains worse late in the stage than a fixed
-        one (docs/method.md); refining first and then freezing keeps what refinement found.
+        Why: on MovieLens-1M a grid that keeps moving with the embeddings trains worse than a fixed one;
+        refining first and then freezing is the schedule that would keep what refinement found (there it
+        did not close the gap: docs/method.md).
         """
         mean, std = self._refined_statistics(self._normalized(z))
         self.fixed_mean.copy_(mean)
