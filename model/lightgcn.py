@@ -60,11 +60,16 @@ class LightGCN(nn.Module):
                  l2: float) -> tuple[Tensor, Tensor]:
         """BPR loss on final embeddings plus L2 on the batch's ego embeddings (LightGCN's recipe).
 
-        ``pos``/``neg`` are item indices (not offset by ``n_users``). Returns ``(bpr, reg)``.
+        ``pos``/``neg`` are item indices (not offset by ``n_users``); ``neg`` is ``(B,)``, or ``(B, K)`` for
+        K negatives per positive: the K BPR terms and the negatives' L2 are averaged, so K only adds signal
+        per graph propagation (what a step costs) without changing the loss's scale. Returns ``(bpr, reg)``.
         """
-        items = pos + self.n_users, neg + self.n_users
-        u, p, n = final[users], final[items[0]], final[items[1]]
-        bpr = nn.functional.softplus((u * n).sum(1) - (u * p).sum(1)).mean()
+        neg = neg.reshape(len(users), -1)
+        pos_items, neg_items = pos + self.n_users, neg + self.n_users
+        u = final[users]
+        pos_score = (u * final[pos_items]).sum(1, keepdim=True)
+        neg_score = torch.einsum("bd,bkd->bk", u, final[neg_items])
+        bpr = nn.functional.softplus(neg_score - pos_score).mean()
         ego = self.embedding.weight
-        reg = (ego[users].pow(2).sum() + ego[items[0]].pow(2).sum() + ego[items[1]].pow(2).sum())
+        reg = ego[users].pow(2).sum() + ego[pos_items].pow(2).sum() + ego[neg_items].pow(2).sum() / neg.shape[1]
         return bpr, l2 * reg / (2 * len(users))

@@ -54,6 +54,8 @@ def test_negative_sampler_avoids_training_items():
     pairs = np.stack([rng.integers(0, 20, 400), rng.integers(0, 15, 400)], 1)
     sampler = NegativeSampler(pairs, 15, rng)
     users = np.repeat(np.arange(20), 50)
-    negatives = sampler.sample(users)
     seen = set(map(tuple, pairs.tolist()))
-    assert not any((u, i) in seen for u, i in zip(users.tolist(), negatives.tolist(), strict=True))
+    for per_user in (1, 4):
+        negatives = sampler.sample(users, per_user)
+        assert negatives.shape == (len(users), per_user)
+        assert not any((u, i) in seen for u, row in zip(users.tolist(), negatives.tolist(), strict=True) for i in row)

@@ -1,4 +1,5 @@
-"""The training loop's rules: wall-time budget, learning-rate halving on a plateau, early stopping, weight averaging."""
+"""The training loop's rules: BPR with several negatives, wall-time budget, learning-rate halving on a plateau,
+early stopping, weight averaging."""
 
 import numpy as np
 import pytest
@@ -25,6 +26,17 @@ def _fit(problem, scores, settings):
     scripted = iter(scores)
     return fit(model, adjacency, pairs, sampler, lambda: {"recall@20": next(scripted)}, settings, stage="fp32",
                rng=rng, progress=False)
+
+
+def test_bpr_with_k_negatives_averages_k_single_negative_losses():
+    model = LightGCN(N_USERS, N_ITEMS, dim=8, layers=0)
+    final = model.embedding.weight
+    users, pos = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    negatives = torch.tensor([[6, 7], [8, 9], [10, 11]])
+    bpr, reg = model.bpr_loss(final, users, pos, negatives, l2=0.1)
+    singles = [model.bpr_loss(final, users, pos, negatives[:, k], l2=0.1) for k in range(2)]
+    torch.testing.assert_close(bpr, (singles[0][0] + singles[1][0]) / 2)
+    torch.testing.assert_close(reg, (singles[0][1] + singles[1][1]) / 2)
 
 
 def test_time_budget_stops_after_the_epoch_that_crosses_it_and_validates_it(problem):

@@ -44,6 +44,7 @@ class TrainConfig(BaseModel):
                                   "(it stops after the epoch that crosses it; selection stays on validation)")
     qat_minutes: float | None = Field(None, gt=0, description="wall-time budget of the quantization-aware stage")
     batch_size: int = Field(2048, ge=1, description="BPR triples per step")
+    negatives: int = Field(1, ge=1, description="BPR negatives per training interaction (their terms averaged)")
     l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
     patience: int = Field(10, ge=1, description="validations without improvement before stopping")
     lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "

@@ -118,14 +118,15 @@ def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int, m
               lr_patience: int | None, ema: float | None = None) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
                        patience=config.patience, eval_every=eval_every, metric=config.selection_metric,
-                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience, ema=ema)
+                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience, ema=ema,
+                       negatives=config.negatives)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
     """Cache key: everything the fp32 stage depends on, so GNAQ/PTQ runs can share one warm start."""
     c = ws.config
     key = json.dumps([ws.data.fingerprint(), c.valid_fraction, c.seed, c.dim, c.layers, c.epochs, c.lr,
-                      c.batch_size, c.l2, c.patience, c.eval_every, c.ks, c.minutes, c.lr_patience])
+                      c.batch_size, c.negatives, c.l2, c.patience, c.eval_every, c.ks, c.minutes, c.lr_patience])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return c.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
 

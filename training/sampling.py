@@ -19,13 +19,16 @@ class NegativeSampler:
         pos[pos == len(self._seen)] = 0
         return self._seen[pos] == keys
 
-    def sample(self, users: np.ndarray) -> np.ndarray:
-        """One negative item per entry of ``users``; resamples only the collisions."""
+    def sample(self, users: np.ndarray, per_user: int = 1) -> np.ndarray:
+        """``(len(users), per_user)`` negatives: items each entry's user has not seen; resamples only collisions."""
+        users = np.repeat(users, per_user)
         items = self.rng.integers(0, self.n_items, size=len(users))
         todo = np.flatnonzero(self._is_seen(users, items))
         for _ in range(self.max_rounds):
             if len(todo) == 0:
-                return items
+                break
             items[todo] = self.rng.integers(0, self.n_items, size=len(todo))
             todo = todo[self._is_seen(users[todo], items[todo])]
-        raise RuntimeError(f"{len(todo)} users have (almost) no unseen item to sample as a negative")
+        if len(todo):
+            raise RuntimeError(f"{len(todo)} users have (almost) no unseen item to sample as a negative")
+        return items.reshape(-1, per_user)

@@ -34,6 +34,7 @@ class FitSettings:
     metric: str = "recall@20"
     max_seconds: float | None = None  # wall-time budget of the stage; the last epoch is validated
     lr_patience: int | None = None  # halve lr after more than this many validations without improvement
+    negatives: int = 1  # BPR negatives per positive
     ema: float | None = None  # validate and keep an exponential moving average of the weights (decay per step)
 
 
@@ -98,7 +99,7 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
     total, batches = 0.0, 0
     for start in range(0, len(order), settings.batch_size):
         batch = pairs[order[start:start + settings.batch_size]]
-        negatives = sampler.sample(batch[:, 0])
+        negatives = sampler.sample(batch[:, 0], settings.negatives)
         users, pos, neg = (torch.from_numpy(a).to(device) for a in (batch[:, 0], batch[:, 1], negatives))
         final = model(adjacency)
         bpr, reg = model.bpr_loss(final, users, pos, neg, settings.l2)
