@@ -68,7 +68,7 @@ class LightGCN(nn.Module):
         pos_items, neg_items = pos + self.n_users, neg + self.n_users
         u = final[users]
         pos_score = (u * final[pos_items]).sum(1, keepdim=True)
-        neg_score = torch.einsum("bd,bkd->bk", u, final[neg_items])
+        neg_score = (u.unsqueeze(1) * final[neg_items]).sum(2)
         bpr = nn.functional.softplus(neg_score - pos_score).mean()
         ego = self.embedding.weight
         reg = ego[users].pow(2).sum() + ego[pos_items].pow(2).sum() + ego[neg_items].pow(2).sum() / neg.shape[1]
