@@ -98,7 +98,7 @@ def _shift_and_scale(z: Tensor, centers: Tensor | None, g: Tensor | None) -> Ten
 def _per_table(values: Tensor, n_users: int, reduce) -> Tensor:
     """Apply ``reduce`` to the user rows and to the item rows separately; broadcast back per row."""
     users, items = reduce(values[:n_users]), reduce(values[n_users:])
-    return torch.cat([users.expand(n_users, 1), items.expand(len(values) - n_users, 1)])
+    return torch.cat([users.expand(n_users, -1), items.expand(len(values) - n_users, -1)])
 
 
 class EmbeddingQuantizer(nn.Module):
@@ -201,19 +201,22 @@ class GNAQQuantizer(EmbeddingQuantizer):
     ``estimator`` (c): ``"graph"`` (graph relation-aware, see ``_GraphRelationAwareRound``) or ``"ste"``.
     ``center``: subtract each table's mean vector before the grids (the direction all users, or all
     items, share is stored once per table instead of being rounded in every node).
+    ``relative``: the refined corrections are made mean-free per table, so (b) redistributes step and
+    centre among a table's nodes but cannot move the table's own (the clip chosen on validation).
     """
 
     def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
                  layers: int, node_aware: bool = True, dynamic: bool = True,
                  estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
-                 clip: float = 0.8, center: bool = False, track_stats: bool = True) -> None:
+                 clip: float = 0.8, center: bool = False, track_stats: bool = True,
+                 relative: bool = False) -> None:
         super().__init__(bits, n_users)
         if estimator not in ("graph", "ste"):
             raise ValueError(f"estimator must be 'graph' or 'ste', got {estimator!r}")
         n_nodes = mean_adjacency.shape[0]
         self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
         self.layers, self.eta, self.equalize, self.clip, self.center = layers, eta, equalize, clip, center
-        self.track_stats = track_stats
+        self.track_stats, self.relative = track_stats, relative
         self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
         self.register_buffer("mean_adjacency_t", csr_transpose(mean_adjacency), persistent=False)
         self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
@@ -233,15 +236,20 @@ class GNAQQuantizer(EmbeddingQuantizer):
         return mean, std
 
     def _refined_theta(self, n_nodes: int) -> Tensor:
-        """Per-node ``theta`` after message passing: ``1/(L+1) sum_k P^k theta``."""
+        """Per-node ``theta`` after message passing: ``1/(L+1) sum_k P^k theta`` (less its table's mean
+        if ``relative``)."""
         if not self.per_node:
             users, items = self.theta[:1], self.theta[1:]
-            return torch.cat([users.expand(self.n_users, 2), items.expand(n_nodes - self.n_users, 2)])
-        h, total = self.theta, self.theta
-        for _ in range(self.layers):
-            h = sparse_matmul(self.mean_adjacency, h, self.mean_adjacency_t)
-            total = total + h
-        return total / (self.layers + 1)
+            refined = torch.cat([users.expand(self.n_users, 2), items.expand(n_nodes - self.n_users, 2)])
+        else:
+            h, total = self.theta, self.theta
+            for _ in range(self.layers):
+                h = sparse_matmul(self.mean_adjacency, h, self.mean_adjacency_t)
+                total = total + h
+            refined = total / (self.layers + 1)
+        if self.relative:
+            refined = refined - _per_table(refined, self.n_users, lambda t: t.mean(dim=0, keepdim=True))
+        return refined
 
     @torch.no_grad()
     def refined_theta(self, n_nodes: int) -> Tensor:

@@ -81,11 +81,12 @@ def test_console_script_and_data_stats():
 
 def test_a_run_with_every_recipe_option_serves_exactly_what_it_was_tested_on(tmp_path):
     assert main(["train", *FAST, "--method", "gnaq", "--bits", "2", "--center", "--distill-unseen",
-                 "--qat-ema", "0.9", "--theta-lr-scale", "0.1", "--no-track-stats", "--model-dir", str(tmp_path),
-                 "--version", "v1"]) == 0
+                 "--qat-ema", "0.9", "--theta-lr-scale", "0.1", "--no-track-stats", "--relative-refinement",
+                 "--model-dir", str(tmp_path), "--version", "v1"]) == 0
     artifact = read_artifact(tmp_path / "v1")
     manifest = artifact.manifest
     assert manifest["quantizer"]["center"] is True and manifest["quantizer"]["track_stats"] is False
+    assert manifest["quantizer"]["relative"] is True
     assert manifest["config"]["qat_ema"] == 0.9 and manifest["config"]["theta_lr_scale"] == 0.1
     assert artifact.user.dim_center is not None and artifact.item.dim_center is not None
     assert evaluate_artifact(artifact) == manifest["metrics"]["test"]  # the stored centres are the tested ones

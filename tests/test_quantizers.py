@@ -35,7 +35,7 @@ def _decode(encoded, bits: int) -> np.ndarray:
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("switches", [{}, {"node_aware": False}, {"dynamic": False}, {"estimator": "ste"},
                                       {"equalize": False}, {"center": True}, {"center": True, "equalize": False},
-                                      {"track_stats": False}])
+                                      {"track_stats": False}, {"track_stats": False, "relative": True}])
 def test_encoded_codes_decode_to_the_fake_quantized_values(bits, switches):
     generator = torch.Generator().manual_seed(bits)
     z = torch.randn(N_USERS + N_ITEMS, DIM, generator=generator) * torch.linspace(0.2, 2.0, N_USERS + N_ITEMS)[:, None]
@@ -122,6 +122,26 @@ def test_without_tracked_statistics_only_the_learned_corrections_move_the_grid()
         quantizer.theta[:, 0] = 0.5  # a learned wider step
     wider, _ = quantizer.node_parameters(quantizer._normalized(z))
     assert torch.allclose(wider, start[0] * torch.exp(torch.tensor(0.5)))
+
+
+def test_relative_refinement_moves_grids_among_nodes_but_not_the_tables_own():
+    z = torch.randn(N_USERS + N_ITEMS, DIM)
+    quantizer = _gnaq(track_stats=False, relative=True)
+    quantizer.initialize(z)
+    x = quantizer._normalized(z)
+    quantizer.theta.requires_grad_(False)
+    start_scale, start_offset = quantizer.node_parameters(x)
+    quantizer.theta.fill_(0.4)  # the same correction everywhere: nothing to redistribute
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in
+               zip((start_scale, start_offset), quantizer.node_parameters(x), strict=True))
+    quantizer.theta[:, 0] = torch.linspace(-1.0, 1.0, len(quantizer.theta)) ** 3  # uneven corrections
+    scale, _ = quantizer.node_parameters(x)
+    assert not torch.allclose(scale, start_scale)  # nodes' steps move relative to one another...
+    log_ratio = torch.log(scale / start_scale).squeeze(1)
+    for table in (slice(0, N_USERS), slice(N_USERS, None)):  # ...each table's geometric mean step does not
+        assert abs(float(log_ratio[table].mean())) < 1e-5
+    refined = quantizer.refined_theta(N_USERS + N_ITEMS)  # what the artifact stores for fold-in: the same
+    assert torch.allclose(refined[N_USERS:].mean(dim=0), torch.zeros(2), atol=1e-6)
 
 
 def test_freezing_keeps_the_refined_grid_and_stops_following_the_embeddings():

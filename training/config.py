@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from model.quantizers import SUPPORTED_BITS
 
 # Settings only GNAQ's quantizer reads: they cannot change a row of another method.
-GNAQ_SETTINGS = frozenset({"node_aware", "dynamic", "track_stats", "theta_lr_scale", "refine_epochs", "estimator",
-                           "eta", "equalize", "clip", "center"})
+GNAQ_SETTINGS = frozenset({"node_aware", "dynamic", "track_stats", "relative_refinement", "theta_lr_scale",
+                           "refine_epochs", "estimator", "eta", "equalize", "clip", "center"})
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
 GNAQ_DISTILL = 1.0
@@ -69,6 +69,9 @@ class TrainConfig(BaseModel):
     track_stats: bool = Field(True, description="GNAQ (b): recompute each node's mean and std from its current "
                               "embedding at every step (--no-track-stats: keep them from initialisation and learn "
                               "only the refined corrections)")
+    relative_refinement: bool = Field(False, description="GNAQ (b): make the refined corrections mean-free per "
+                                      "table, so they redistribute step and centre among a table's nodes but "
+                                      "leave the table's own, the clip chosen on validation, where it is")
     theta_lr_scale: float = Field(1.0, gt=0, description="GNAQ (b): learning rate of the corrections theta as a "
                                   "multiple of --qat-lr")
     refine_epochs: int | None = Field(None, ge=1, description="GNAQ (b): refine the grids for this many "

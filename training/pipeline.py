@@ -179,7 +179,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
                                                                 ws.device),
             influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
             dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
-            center=c.center, track_stats=c.track_stats,
+            center=c.center, track_stats=c.track_stats, relative=c.relative_refinement,
         ).to(ws.device)
         with torch.no_grad():
             quantizer.initialize(model.propagate(ws.adjacency))
@@ -231,8 +231,8 @@ def _quantizer_record(model: LightGCN) -> dict | None:
     record = {"class": type(q).__name__, "bits": q.bits, "per_node": q.per_node, **q.record()}
     if isinstance(q, GNAQQuantizer):
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
-                      clip=q.clip, center=q.center, track_stats=q.track_stats, layers=q.layers,
-                      frozen=bool(q.frozen))
+                      clip=q.clip, center=q.center, track_stats=q.track_stats, relative=q.relative,
+                      layers=q.layers, frozen=bool(q.frozen))
     return record
 
 
