@@ -29,7 +29,7 @@ TITLES = {"ml-100k": "MovieLens-100K", "lastfm": "Last.fm", "movielens1m": "Movi
 
 
 def machine() -> str:
-    """CPU model and core count of this machine (every row of a report ran here)."""
+    """CPU model and core count of this machine (every row trained for a report ran here)."""
     model = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -63,7 +63,7 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "served_bytes_per_item": item_bytes / n_items,
         "run_seconds": training["seconds"], "train_seconds_by_stage": _stage_seconds(history),
         "epochs_by_stage": training["epochs_run"], "selected_epoch": training["selected_epoch"],
-        "device": training["device"], "torch": training["torch"],
+        "device": training["device"], "torch": training["torch"], "machine": machine(),
         "valid_curve": _valid_curve(history, stage), "config": manifest["config"],
     }
 
@@ -174,8 +174,9 @@ def _markdown(dataset: str, report: dict) -> str:
                      + f" | {ratio} | {first['stored_bytes_per_node']:.1f} | {first['served_bytes_per_item']:.1f}"
                      f" | {_cell([sum(own)], 0)} | {epochs} |")
     lines += [""] + _verdicts(rows, fp32, report)
-    if any(r.get("kept") for r in rows):
-        lines.append("* † Kept from an earlier run of the same command and settings on the same kind of machine "
+    kept_on = sorted({r["machine"] for r in rows if r.get("kept")})
+    if kept_on:
+        lines.append(f"* † Kept from an earlier run of the same command and settings on {'; '.join(kept_on)} "
                      "(its run directory was not on disk when this report was written); the others were (re)trained "
                      "for it. Where a stage has a wall-time budget, a kept row's fp32 warm start may have run a "
                      "different number of epochs than the fp32 row above (see its epochs column).")
@@ -229,7 +230,8 @@ def _earlier_rows(results_path: Path) -> dict[tuple[int, str], dict]:
     """Rows of the dataset's previous JSON, by (seed, version): kept where their run is no longer on disk."""
     if not results_path.is_file():
         return {}
-    return {(r["seed"], r["version"]): r for r in json.loads(results_path.read_text())["rows"]}
+    earlier = json.loads(results_path.read_text())
+    return {(r["seed"], r["version"]): {"machine": earlier.get("machine", "unrecorded"), **r} for r in earlier["rows"]}
 
 
 def _still_valid(record: dict, command: list[str]) -> bool:

@@ -5,7 +5,8 @@ interacted with: ``z_u ∝ sum_i x_i / sqrt(|I_u| * d_i)`` (the first propagatio
 matters for ranking that user's items). The vector is then quantized node-aware, the way GNAQ sets
 every node's grid (docs/method.md): a grid fitted to the node's own mean and spread (a), corrected by
 the refined parameters of its neighbours (b): a new node has no learned ``theta`` of its own, so its
-layer mean ``1/(L+1) sum_k P^k theta`` is ``L/(L+1)`` times the mean of its items' refined ``theta``.
+layer mean ``1/(L+1) sum_k P^k theta`` is ``L/(L+1)`` times the mean of its items' refined ``theta``
+(mean-free per table under ``--relative-refinement``, so the new user's correction is relative too).
 Only the served item table, the item degrees, the items' refined ``theta`` and the quantizer settings
 are needed, and all of them are in the artifact. A centred model's user mean (``--center``) is not
 applied: a folded-in vector is built on the items' scale, not the trained users', so its own grid is

@@ -66,8 +66,10 @@ def test_report_keeps_recorded_rows_whose_run_is_gone_only_for_the_same_command(
     kept = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
     rows = {row["version"]: row for row in kept["rows"]}
     assert rows["ptq-node-2bit"]["kept"] and "kept" not in rows["fp32"]
+    assert rows["ptq-node-2bit"]["machine"] == first["machine"]  # where it was trained, for its seconds
     assert rows["ptq-node-2bit"]["test"] == first["rows"][1]["test"]
     assert "| ptq-node-2bit † |" in (out / "BENCHMARKS.md").read_text()
+    assert f"same command and settings on {first['machine']} (" in (out / "BENCHMARKS.md").read_text()
 
     changed = {**commands, "ptq-node-2bit": [*commands["ptq-node-2bit"], "--clip", "0.9"]}
     assert write_report("ml-100k", runs, {0: changed}, budget_minutes=None, out_root=out)["not_run"] == [
