@@ -63,7 +63,7 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "served_bytes_per_item": item_bytes / n_items,
         "run_seconds": training["seconds"], "train_seconds_by_stage": _stage_seconds(history),
         "epochs_by_stage": training["epochs_run"], "selected_epoch": training["selected_epoch"],
-        "device": training["device"], "torch": training["torch"], "machine": machine(),
+        "device": training["device"], "torch": training["torch"],
         "valid_curve": _valid_curve(history, stage), "config": manifest["config"],
     }
 
@@ -264,20 +264,21 @@ def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, lis
     """
     results, plots = out_root / "bench" / "results", out_root / "bench" / "plots"
     earlier = _earlier_rows(results / f"{dataset}.json")
+    here = machine()  # where the rows on disk were trained; kept rows carry their own
     rows, not_run = [], []
     for seed, by_version in commands.items():
         for version, command in by_version.items():
             directory = runs_dir / f"{dataset}-seed{seed}" / version
             record = earlier.get((seed, version))
             if (directory / "manifest.json").is_file():
-                rows.append(row_result(directory, command))
+                rows.append({**row_result(directory, command), "machine": here})
             elif record is not None and _still_valid(record, command):
                 rows.append({**record, "kept": True})
             else:
                 not_run.append(f"seed {seed} {version}")
     if not rows:
         raise SystemExit(f"no trained row under {runs_dir}/{dataset}-seed*: nothing to report")
-    report = {"dataset": dataset, "machine": machine(), "budget_minutes": budget_minutes, "rows": rows,
+    report = {"dataset": dataset, "machine": here, "budget_minutes": budget_minutes, "rows": rows,
               "not_run": not_run,
               "time_to_same_accuracy": {seed: time_to_same_accuracy(rows, seed, ("gnaq-2bit", "lsq-2bit"))
                                         for seed in commands}}
