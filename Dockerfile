@@ -10,10 +10,12 @@ RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
+COPY contracts ./contracts
 COPY training ./training
 COPY service ./service
+COPY cli ./cli
 # recbole without dependencies: only its packaged MovieLens-100K file (the embedded default dataset) is used.
-RUN pip install . && pip install --no-deps "recbole==1.2.1"
+RUN pip install ".[train,serve]" && pip install --no-deps "recbole==1.2.1"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

@@ -13,22 +13,22 @@ import time
 import numpy as np
 import torch
 
-from model.foldin import FoldIn
-from training.artifact import read_artifact
+from contracts.versions import read_current
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
 
 
 def main(path: str) -> None:
-    artifact = read_artifact(path)
+    artifact = read_current(path)
     manifest, items = artifact.manifest, artifact.item.dequantize()
-    record = manifest["dataset"]
-    data = load_dataset(record["name"], test_fraction=record["test_fraction"], seed=record["seed"])
-    assert data.fingerprint() == record["fingerprint"], "dataset differs from the one the model saw"
+    record = manifest.dataset
+    data = load_dataset(record.name, data_dir=record.data_dir, split=record.split, test_fraction=record.test_fraction,
+                        seed=manifest.seed)
+    assert data.fingerprint() == record.fingerprint, "dataset differs from the one the model saw"
     n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
-    seen = pairs_to_csr(artifact.train_pairs, n_users, n_items)
+    seen = pairs_to_csr(artifact.train.pairs(), n_users, n_items)
     started = time.perf_counter()
-    foldin = FoldIn.from_artifact(artifact)
+    foldin = artifact.foldin()
     folded = np.stack([foldin.user(seen[u].indices).dequantize()[0] for u in range(n_users)])
     per_user_ms = 1000 * (time.perf_counter() - started) / n_users
     relevant = pairs_to_csr(data.test, n_users, n_items)

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from training.artifact import read_artifact
+from contracts.versions import read_current
 
 KEY = "bench-key"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -47,7 +47,7 @@ def server(model_dir: Path, port: int, index: str, redis_url: str, near_cache: b
     env = {**os.environ, "REDIS_URL": redis_url, "GNAQ_INDEX": index, "GNAQ_API_KEYS": KEY,
            "GNAQ_RELOAD_POLL_SECONDS": "0", "GNAQ_MAX_K": "100",
            "GNAQ_NEAR_CACHE_ENTRIES": "100000" if near_cache else "0"}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port),
                                 "--model-dir", str(model_dir), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
     redis.Redis.from_url(redis_url).flushdb()
-    artifact = read_artifact(args.model_dir)
+    artifact = read_current(args.model_dir)
     users, items = artifact.user_ids, artifact.item_ids
     hit_path = f"/recommend/{users[0]}?k=10"
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -182,8 +182,8 @@ def main() -> None:
                     runs.setdefault((name, connections), []).append(row)
                     print(name, connections, json.dumps(row), flush=True)
         reflected = check_read_your_writes(urls["float"], users, items)
-    results = {"model": artifact.manifest["version"], "n_users": len(users), "n_items": len(items),
-               "dim": artifact.dim, "bits": artifact.manifest.get("bits"), "seconds": args.seconds,
+    results = {"model": artifact.version, "n_users": len(users), "n_items": len(items),
+               "dim": artifact.dim, "bits": artifact.manifest.bits, "seconds": args.seconds,
                "rounds": args.rounds, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "read_your_writes": {"checked": 100, "reflected": reflected},
                "rows": [{"scenario": name, "connections": c,

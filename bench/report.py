@@ -17,11 +17,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from model.quantized_table import QuantizedTable  # noqa: E402
-from training.artifact import read_artifact  # noqa: E402
-from training.cli import train_config  # noqa: E402
-from training.config import GNAQ_SETTINGS, TrainConfig  # noqa: E402
+from cli.main import config_of  # noqa: E402
+from contracts.artifact import read_artifact  # noqa: E402
+from training.config import TrainConfig, upgrade_flat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -51,20 +51,19 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
     manifest = artifact.manifest
     history = json.loads((version_dir / "history.json").read_text())
     n_users, n_items = len(artifact.user_ids), len(artifact.item_ids)
-    item = artifact.item
-    item_bytes = item.nbytes_packed if isinstance(item, QuantizedTable) else item.nbytes
-    training = manifest["training"]
-    stage = "fp32" if manifest["method"] == "fp32" else version_dir.name.split("-")[0]
+    training = manifest.training
+    stage = "fp32" if manifest.method == "fp32" else version_dir.name.split("-")[0]
     return {
-        "version": version_dir.name, "command": " ".join(command), "seed": manifest["seed"],
-        "method": manifest["method"], "bits": manifest["bits"], "test": manifest["metrics"]["test"],
-        "valid": manifest["metrics"]["valid"],
-        "stored_bytes_per_node": manifest["sizes"]["embedding_bytes"] / (n_users + n_items),
-        "served_bytes_per_item": item_bytes / n_items,
-        "run_seconds": training["seconds"], "train_seconds_by_stage": _stage_seconds(history),
-        "epochs_by_stage": training["epochs_run"], "selected_epoch": training["selected_epoch"],
-        "device": training["device"], "torch": training["torch"],
-        "valid_curve": _valid_curve(history, stage), "config": manifest["config"],
+        "version": version_dir.name, "command": " ".join(command), "seed": manifest.seed,
+        "method": manifest.method, "bits": manifest.bits, "test": manifest.metrics.test,
+        "valid": manifest.metrics.valid,
+        "stored_bytes_per_node": manifest.sizes.embedding_bytes / (n_users + n_items),
+        "served_bytes_per_item": artifact.item.stored_bytes / n_items,
+        "run_seconds": training.seconds, "train_seconds_by_stage": _stage_seconds(history),
+        "epochs_by_stage": training.epochs_run, "selected_epoch": training.selected_epoch,
+        "device": training.device, "torch": training.torch,
+        "valid_curve": _valid_curve(history, stage),
+        "config": TrainConfig.from_manifest(manifest).model_dump(mode="json"),
     }
 
 
@@ -238,20 +237,20 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
 
     A setting added after the record was written matches when it is at its default (new settings default to
-    the behaviour before them); GNAQ's own settings are not compared for other methods' rows. Records written
+    the behaviour before them); GNAQ's own settings are not compared for other methods' rows, nor where a row
+    was written. Records in the flat form of earlier versions are read in today's sections. Records written
     before rows carried their settings are never kept: the config file their command names may have changed
     since, and nothing recorded says.
     """
     if record["command"] != " ".join(command) or "config" not in record:
         return False
-    expected = train_config(command[2:])
-    ignored = GNAQ_SETTINGS if expected.method != "gnaq" else frozenset()
-    current = {k: v for k, v in json.loads(expected.model_dump_json()).items() if k not in ignored}
-    recorded = {k: v for k, v in record["config"].items() if k not in ignored}
-    added = current.keys() - recorded.keys()
-    defaults = {name: TrainConfig.model_fields[name].get_default(call_default_factory=True) for name in added}
-    return recorded.keys() <= current.keys() and all(current[name] == recorded[name] for name in recorded) \
-        and all(current[name] == defaults[name] for name in added)
+    expected = config_of(command[2:])
+    try:
+        recorded = TrainConfig(**upgrade_flat(record["config"]))
+    except ValidationError:  # a setting that no longer exists
+        return False
+    ignored = {"model_dir", "version", "publish", "progress"} | ({"gnaq"} if expected.method != "gnaq" else set())
+    return expected.model_dump(exclude=ignored) == recorded.model_dump(exclude=ignored)
 
 
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,

@@ -79,7 +79,7 @@ def run_rows(commands: dict[int, dict[str, list[str]]], runs_dir: Path, dataset:
             print(f"== seed {seed} {version} ({spent:.1f} min spent): {' '.join(command)}", flush=True)
             log_path = model_dir / f"{version}.log"
             with log_path.open("w") as log:
-                code = subprocess.call([sys.executable, "-m", "training.cli", *command[1:]], stdout=log,
+                code = subprocess.call([sys.executable, "-m", "cli", *command[1:]], stdout=log,
                                        stderr=subprocess.STDOUT)
             if code != 0:
                 failed.append(f"seed {seed} {version} (exit {code}, see {log_path})")

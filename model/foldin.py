@@ -16,13 +16,12 @@ fitted to it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from model.quantized_table import QuantizedTable
 from model.quantizers import encode_stored, gaussian_grid
+from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 
 def fold_in(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -57,26 +56,18 @@ def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndar
 
 @dataclass(frozen=True, eq=False)
 class FoldIn:
-    """Everything needed to (re)build one user's served vector from its item interactions."""
+    """Everything needed to (re)build one user's served vector from its item interactions.
 
-    item_table: QuantizedTable | np.ndarray  # served items: codes, or float32 for a full-precision model
+    ``item_table``: the served items (codes, or float32 for a full-precision model); ``item_degree``: their
+    degrees in the training graph; ``clip``: the quantizer's step as a multiple of the Gaussian MSE-optimal one;
+    ``item_theta``: GNAQ's refined ``(rho, delta)`` per item, if stored; ``layers``: propagation layers ``L``.
+    """
+
+    item_table: EmbeddingTable
     item_degree: np.ndarray
     clip: float = 0.8
-    item_theta: np.ndarray | None = None  # (n_items, 2) refined (rho, delta) of GNAQ, if stored
+    item_theta: np.ndarray | None = None
     layers: int = 0
-
-    @classmethod
-    def from_artifact(cls, artifact: Any) -> FoldIn:
-        """From a ``training.artifact.ModelArtifact``: item table, degrees, quantizer settings."""
-        quantizer = artifact.manifest.get("quantizer") or {}
-        return cls(artifact.item, artifact.arrays["item_degree"], clip=float(quantizer.get("clip", 1.0)),
-                   item_theta=artifact.arrays.get("item_theta"), layers=int(artifact.manifest.get("layers", 0)))
-
-    def item_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Served (decoded) float32 vectors of the item ``rows``."""
-        if isinstance(self.item_table, np.ndarray):
-            return self.item_table[rows]
-        return self.item_table.dequantize(rows)
 
     def neighbour_theta(self, items: np.ndarray) -> np.ndarray | None:
         """A new node's refined ``theta``: ``L/(L+1)`` times the mean refined ``theta`` of its items."""
@@ -85,15 +76,22 @@ class FoldIn:
         mean = self.item_theta[np.unique(items)].astype(np.float32).mean(axis=0)
         return mean * self.layers / (self.layers + 1)
 
-    def user(self, items: np.ndarray) -> QuantizedTable | np.ndarray:
-        """The user's stored form: a one-row ``QuantizedTable``, or a ``(1, d)`` float32 row for fp32."""
+    def user(self, items: np.ndarray) -> EmbeddingTable:
+        """The user's stored form: a one-row table of the item table's kind."""
         items = np.unique(np.asarray(items, dtype=np.int64))
         n_items = len(self.item_degree)
         if items.size and (items.min() < 0 or items.max() >= n_items):
             raise ValueError(f"item index out of range 0..{n_items - 1}")
-        vector = fold_in(self.item_vectors(items), self.item_degree[items], np.arange(len(items)))
+        vector = fold_in(self.item_table.dequantize(items), self.item_degree[items], np.arange(len(items)))
         table = self.item_table
-        if isinstance(table, np.ndarray):
-            return vector.reshape(1, -1)
+        if not isinstance(table, QuantizedTable):
+            return FloatTable(vector.reshape(1, -1))
         return requantize(vector, bits=int(table.bits), clip=self.clip, dim_scale=table.dim_scale,
                           theta=self.neighbour_theta(items))
+
+    def decode_user(self, payload: bytes) -> EmbeddingTable:
+        """A user row from the bytes of ``user(...).row_bytes()``: rows carry the items' per-dimension scale."""
+        table = self.item_table
+        if not isinstance(table, QuantizedTable):
+            return FloatTable.from_row_bytes(payload, table.dim)
+        return QuantizedTable.from_row_bytes(payload, bits=int(table.bits), dim=table.dim, dim_scale=table.dim_scale)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import redis
 
-from training.cli import main
+from cli.main import main
 
 FAST = ["--dataset", "ml-100k", "--dim", "16", "--layers", "2", "--epochs", "2", "--qat-epochs", "2",
         "--eval-every", "1", "--patience", "1", "--no-progress"]
@@ -42,3 +42,30 @@ def redis_url():
     yield url
     client.flushdb()
     client.close()
+
+
+def flat_config(config: dict) -> dict:
+    """A nested ``TrainConfig`` dump in the flat form of releases before the sections (``qat_lr``, ``clip``)."""
+    out = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    out.update(config["bpr"])
+    out.update({k: v for k, v in config["fp32"].items() if k != "ema"})
+    out.update({f"qat_{k}": v for k, v in config["qat"].items() if k != "patience"})
+    out.update(config["gnaq"])
+    out.update(distill=config["distill"]["weight"],
+               **{f"distill_{k}": v for k, v in config["distill"].items() if k != "weight"})
+    out.update(ptq_granularity=config["ptq"]["granularity"], bigear_gamma=config["bigear"]["gamma"])
+    return out
+
+
+def as_format_2(manifest: dict) -> dict:
+    """A format 3 ``manifest.json`` as a format 2 writer wrote it: a flat config repeating the data settings."""
+    dataset = dict(manifest["dataset"])
+    config = flat_config({**manifest["config"], "dataset": dataset["name"], "data_dir": dataset.pop("data_dir"),
+                          "split": dataset.pop("split"), "test_fraction": dataset["test_fraction"],
+                          "method": manifest["method"], "bits": manifest["bits"] or 2, "dim": manifest["dim"],
+                          "layers": manifest["layers"], "seed": manifest["seed"], "model_dir": None,
+                          "publish": True, "version": None, "progress": False})
+    dataset.update(split=dataset.pop("split_label"), seed=manifest["seed"], valid_fraction=config["valid_fraction"])
+    layout = {side: {k: v for k, v in entry.items() if (k, v) not in (("dim_center", False), ("segments", 1))}
+              if side != "arrays" else entry for side, entry in manifest["layout"].items()}
+    return {**manifest, "format_version": 2, "dataset": dataset, "config": config, "layout": layout}

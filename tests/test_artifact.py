@@ -10,17 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import training.artifact as artifact_module
-from model.quantized_table import QuantizedTable
-from training.artifact import (
-    FORMAT_VERSION,
-    ArtifactError,
-    ModelArtifact,
-    list_versions,
-    read_artifact,
-    resolve_version,
-    write_artifact,
-)
+import contracts.artifact as artifact_module
+from contracts.artifact import ArtifactError, ModelArtifact, UserItems, read_artifact, write_artifact
+from contracts.manifest import FORMAT_VERSION, DatasetRecord, Metrics, ModelInfo, TrainingRecord
+from contracts.versions import add_version, list_versions, read_current, resolve_version
+from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 
 def _table(rng: np.random.Generator, n: int, dim: int, bits: int, *, per_node: bool = True) -> QuantizedTable:
@@ -34,22 +28,35 @@ def _pairs(rng: np.random.Generator, n_users: int, n_items: int, n: int) -> np.n
     return np.stack([rng.integers(0, n_users, n), rng.integers(0, n_items, n)], axis=1).astype(np.int64)
 
 
+def _info(n_users: int, n_items: int, dim: int, *, method: str = "gnaq", bits: int | None = 3,
+          config: dict | None = None) -> ModelInfo:
+    dataset = DatasetRecord(name="toy", split="auto", test_fraction=0.2, split_label="official", fingerprint="f",
+                            n_users=n_users, n_items=n_items, n_train=30, n_test=3, n_fit=27, n_valid=3)
+    return ModelInfo(method=method, bits=bits, dim=dim, layers=1, seed=0, dataset=dataset,
+                     metrics=Metrics(test={"recall@20": 0.25}, valid={"recall@20": 0.5}, selection_metric="recall@20"),
+                     served="toy", training=TrainingRecord(epochs_run={}, selected_epoch={}, seconds=1.0,
+                                                           device="cpu", torch="x"),
+                     config=config or {})
+
+
+def _train(rng: np.random.Generator, n_users: int, n_items: int, n: int) -> UserItems:
+    return UserItems.from_pairs(_pairs(rng, n_users, n_items, n), n_users)
+
+
 def _artifact(n_users: int = 7, n_items: int = 11, dim: int = 5, bits: int = 3, *,
               quantized: bool = True, arrays: dict[str, np.ndarray] | None = None) -> ModelArtifact:
     rng = np.random.default_rng(0)
     if quantized:
-        user: QuantizedTable | np.ndarray = _table(rng, n_users, dim, bits)
-        item: QuantizedTable | np.ndarray = _table(rng, n_items, dim, bits, per_node=False)
+        user: EmbeddingTable = _table(rng, n_users, dim, bits)
+        item: EmbeddingTable = _table(rng, n_items, dim, bits, per_node=False)
     else:
-        user = rng.normal(size=(n_users, dim)).astype(np.float32)
-        item = rng.normal(size=(n_items, dim)).astype(np.float32)
-    manifest = {"method": "gnaq" if quantized else "lightgcn", "bits": bits, "dim": dim,
-                "dataset": {"name": "toy", "n_users": n_users, "n_items": n_items},
-                "metrics": {"recall@20": np.float32(0.25)}, "seed": 0}
-    return ModelArtifact(manifest=manifest, user=user, item=item,
+        user = FloatTable(rng.normal(size=(n_users, dim)).astype(np.float32))
+        item = FloatTable(rng.normal(size=(n_items, dim)).astype(np.float32))
+    info = _info(n_users, n_items, dim, method="gnaq" if quantized else "fp32", bits=bits if quantized else None)
+    return ModelArtifact(info=info, user=user, item=item,
                          user_ids=[f"u{i}" for i in range(n_users)],
                          item_ids=[f"i{i}" for i in range(n_items)],
-                         train_pairs=_pairs(rng, n_users, n_items, 30),
+                         train=_train(rng, n_users, n_items, 30),
                          arrays={"item_degree": np.arange(n_items, dtype=np.int32)} if arrays is None
                          else arrays)
 
@@ -58,7 +65,8 @@ def _sorted_pairs(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _assert_same_table(a: QuantizedTable | np.ndarray, b: QuantizedTable | np.ndarray) -> None:
+def _assert_same_table(a: EmbeddingTable, b: EmbeddingTable) -> None:
+    assert type(a) is type(b)
     if isinstance(a, QuantizedTable):
         assert isinstance(b, QuantizedTable)
         assert a.bits == b.bits
@@ -68,9 +76,8 @@ def _assert_same_table(a: QuantizedTable | np.ndarray, b: QuantizedTable | np.nd
         assert a.scale.dtype == b.scale.dtype == np.float16
         np.testing.assert_array_equal(a.dequantize(), b.dequantize())
     else:
-        assert isinstance(b, np.ndarray)
-        assert b.dtype == np.float32
-        np.testing.assert_array_equal(a, b)
+        assert b.dequantize().dtype == np.float32
+        np.testing.assert_array_equal(a.dequantize(), b.dequantize())
 
 
 @pytest.mark.parametrize("quantized", [True, False])
@@ -83,25 +90,26 @@ def test_round_trip(tmp_path: Path, quantized: bool) -> None:
     _assert_same_table(original.item, loaded.item)
     assert loaded.user_ids == original.user_ids
     assert loaded.item_ids == original.item_ids
-    assert loaded.train_pairs.dtype == np.int64
-    np.testing.assert_array_equal(loaded.train_pairs, _sorted_pairs(original.train_pairs))
+    assert loaded.train.pairs().dtype == np.int64
+    np.testing.assert_array_equal(loaded.train.pairs(), _sorted_pairs(original.train.pairs()))
+    np.testing.assert_array_equal(loaded.train.indptr, original.train.indptr)
     assert set(loaded.arrays) == {"item_degree"}
     np.testing.assert_array_equal(loaded.arrays["item_degree"], original.arrays["item_degree"])
     assert loaded.arrays["item_degree"].dtype == np.int32
 
     manifest = loaded.manifest
-    assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["version"] == version_dir.name
-    assert manifest["method"] == original.manifest["method"]
-    assert manifest["metrics"]["recall@20"] == pytest.approx(0.25)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["created_at"])
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.version == version_dir.name
+    assert manifest.method == original.info.method
+    assert manifest.metrics.test["recall@20"] == pytest.approx(0.25)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest.created_at)
     on_disk = {p.name for p in version_dir.iterdir()} - {"manifest.json"}
-    assert set(manifest["files"]) == on_disk
+    assert set(manifest.files) == on_disk
     assert "history.json" in on_disk
     expected = {"user_codes.bin", "user_params.npy"} if quantized else {"user_embeddings.npy"}
     assert expected <= on_disk
     total = sum(p.stat().st_size for p in version_dir.iterdir())
-    assert manifest["sizes"]["artifact_bytes"] == total
+    assert manifest.sizes.artifact_bytes == total
 
 
 def test_quantized_sizes_and_param_layout(tmp_path: Path) -> None:
@@ -112,21 +120,21 @@ def test_quantized_sizes_and_param_layout(tmp_path: Path) -> None:
     assert params.shape == (7, 2)
     assert np.load(version_dir / "item_params.npy").shape == (1, 2)
     assert (version_dir / "user_codes.bin").stat().st_size == -(-7 * 5 * 3 // 8)
-    sizes = read_artifact(version_dir).manifest["sizes"]
-    assert sizes["embedding_bytes"] == original.user.nbytes_packed + original.item.nbytes_packed
-    assert sizes["fp32_embedding_bytes"] == (7 + 11) * 5 * 4
-    assert sizes["compression_ratio"] == pytest.approx(sizes["fp32_embedding_bytes"] / sizes["embedding_bytes"])
+    sizes = read_artifact(version_dir).manifest.sizes
+    assert sizes.embedding_bytes == original.user.stored_bytes + original.item.stored_bytes
+    assert sizes.fp32_embedding_bytes == (7 + 11) * 5 * 4
+    assert sizes.compression_ratio == pytest.approx(sizes.fp32_embedding_bytes / sizes.embedding_bytes)
 
 
 def test_compression_ratio_two_bits_per_node(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     n_users, n_items, dim = 1000, 1625, 64  # N = 2625 nodes
-    artifact = ModelArtifact(manifest={}, user=_table(rng, n_users, dim, 2), item=_table(rng, n_items, dim, 2),
-                             user_ids=[str(i) for i in range(n_users)], item_ids=[str(i) for i in range(n_items)],
-                             train_pairs=_pairs(rng, n_users, n_items, 100))
-    sizes = read_artifact(write_artifact(tmp_path, artifact)).manifest["sizes"]
-    assert sizes["embedding_bytes"] == 2625 * 64 * 2 // 8 + 2625 * 4
-    assert sizes["compression_ratio"] >= 10
+    artifact = ModelArtifact(info=_info(n_users, n_items, dim), user=_table(rng, n_users, dim, 2),
+                             item=_table(rng, n_items, dim, 2), user_ids=[str(i) for i in range(n_users)],
+                             item_ids=[str(i) for i in range(n_items)], train=_train(rng, n_users, n_items, 100))
+    sizes = read_artifact(write_artifact(tmp_path, artifact)).manifest.sizes
+    assert sizes.embedding_bytes == 2625 * 64 * 2 // 8 + 2625 * 4
+    assert sizes.compression_ratio >= 10
 
 
 def test_train_interactions_use_small_dtypes(tmp_path: Path) -> None:
@@ -138,30 +146,30 @@ def test_train_interactions_use_small_dtypes(tmp_path: Path) -> None:
 
 
 def test_publish_current_and_no_publish(tmp_path: Path) -> None:
-    first = write_artifact(tmp_path, _artifact(), version="v1")
+    first = add_version(tmp_path, _artifact(), version="v1")
     assert (tmp_path / "CURRENT").read_text().strip() == "v1"
     assert resolve_version(tmp_path) == first
-    second = write_artifact(tmp_path, _artifact(), version="v2", publish=False)
+    second = add_version(tmp_path, _artifact(), version="v2", publish=False)
     assert resolve_version(tmp_path) == first
-    assert read_artifact(tmp_path).manifest["version"] == "v1"
-    assert read_artifact(second).manifest["version"] == "v2"
-    write_artifact(tmp_path, _artifact(), version="v3")
-    assert read_artifact(tmp_path).manifest["version"] == "v3"
+    assert read_current(tmp_path).version == "v1"
+    assert read_artifact(second).version == "v2"
+    add_version(tmp_path, _artifact(), version="v3")
+    assert read_current(tmp_path).version == "v3"
     assert list_versions(tmp_path) == ["v1", "v2", "v3"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_no_current_is_an_error(tmp_path: Path) -> None:
-    write_artifact(tmp_path, _artifact(), publish=False)
+    write_artifact(tmp_path, _artifact())
     with pytest.raises(ArtifactError, match="CURRENT"):
-        read_artifact(tmp_path)
+        read_current(tmp_path)
     with pytest.raises(ArtifactError, match="CURRENT"):
         resolve_version(tmp_path)
 
 
 def test_default_versions_are_distinct_timestamps(tmp_path: Path) -> None:
-    a = write_artifact(tmp_path, _artifact())
-    b = write_artifact(tmp_path, _artifact())
+    a = add_version(tmp_path, _artifact())
+    b = add_version(tmp_path, _artifact())
     assert a != b
     assert re.fullmatch(r"\d{8}T\d{6}Z(-[0-9a-f]+)?", a.name)
     assert re.fullmatch(r"\d{8}T\d{6}Z(-[0-9a-f]+)?", b.name)
@@ -185,13 +193,13 @@ def test_list_versions_ignores_temporaries(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["user_codes.bin", "ids.json", "train_interactions.npz", "item_degree.npy"])
 def test_tampered_byte_names_the_file(tmp_path: Path, name: str) -> None:
-    version_dir = write_artifact(tmp_path, _artifact())
+    version_dir = add_version(tmp_path, _artifact())
     path = version_dir / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=re.escape(name)):
-        read_artifact(tmp_path)
+        read_current(tmp_path)
 
 
 def test_truncated_file_names_the_file(tmp_path: Path) -> None:
@@ -224,7 +232,7 @@ def test_truncated_manifest(tmp_path: Path) -> None:
     path = version_dir / "manifest.json"
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ArtifactError, match=r"manifest\.json.*corrupt or truncated"):
-        read_artifact(tmp_path)
+        read_artifact(version_dir)
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
@@ -254,15 +262,8 @@ def test_table_vectors_round_trip_and_version_1_artifacts_stay_readable(tmp_path
     loaded = read_artifact(centred)
     np.testing.assert_array_equal(loaded.item.dim_center, vectors["dim_center"])
     np.testing.assert_array_equal(loaded.item.dequantize(), item.dequantize())
-    assert loaded.user.dim_center is None and "item_dim_center.npy" in loaded.manifest["files"]
-    assert loaded.manifest["layout"]["item"]["dim_center"] and "dim_center" not in loaded.manifest["layout"]["user"]
-
-    plain = write_artifact(tmp_path, original)  # no centre: exactly what a version 1 writer wrote
-    path = plain / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["format_version"] = 1
-    path.write_text(json.dumps(manifest))
-    _assert_same_table(read_artifact(plain).item, original.item)
+    assert loaded.user.dim_center is None and "item_dim_center.npy" in loaded.manifest.files
+    assert loaded.manifest.layout.item.dim_center and not loaded.manifest.layout.user.dim_center
 
 
 def _assert_nothing_left(model_dir: Path) -> None:
@@ -279,7 +280,7 @@ def test_unsaveable_array_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_failure_while_writing_files_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = artifact_module._write_file
+    real_write = artifact_module.write_file
     calls = []
 
     def failing_write(path: Path, data: bytes) -> None:
@@ -288,7 +289,7 @@ def test_failure_while_writing_files_leaves_nothing(tmp_path: Path, monkeypatch:
             raise OSError("disk full")
         real_write(path, data)
 
-    monkeypatch.setattr(artifact_module, "_write_file", failing_write)
+    monkeypatch.setattr(artifact_module, "write_file", failing_write)
     with pytest.raises(OSError, match="disk full"):
         write_artifact(tmp_path, _artifact())
     _assert_nothing_left(tmp_path)
@@ -306,10 +307,8 @@ def test_failure_at_rename_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_unserialisable_manifest_leaves_nothing(tmp_path: Path) -> None:
     original = _artifact()
-    bad = ModelArtifact(manifest={"config": object()}, user=original.user, item=original.item,
-                        user_ids=original.user_ids, item_ids=original.item_ids,
-                        train_pairs=original.train_pairs)
-    with pytest.raises(TypeError, match="not JSON serialisable"):
+    bad = dataclasses.replace(original, info=_info(7, 11, 5, config={"x": object()}))
+    with pytest.raises(ArtifactError, match="not JSON serialisable"):
         write_artifact(tmp_path, bad)
     _assert_nothing_left(tmp_path)
 
@@ -317,14 +316,15 @@ def test_unserialisable_manifest_leaves_nothing(tmp_path: Path) -> None:
 def test_invalid_artifacts_are_rejected_before_writing(tmp_path: Path) -> None:
     original = _artifact()
     with pytest.raises(ValueError, match="ids"):
-        ModelArtifact(manifest={}, user=original.user, item=original.item, user_ids=original.user_ids[:-1],
-                      item_ids=original.item_ids, train_pairs=original.train_pairs)
+        dataclasses.replace(original, user_ids=original.user_ids[:-1])
     with pytest.raises(ValueError, match="item indices"):
-        ModelArtifact(manifest={}, user=original.user, item=original.item, user_ids=original.user_ids,
-                      item_ids=original.item_ids, train_pairs=np.array([[0, 11]]))
+        dataclasses.replace(original, train=UserItems.from_pairs(np.array([[0, 11]]), 7))
+    with pytest.raises(ValueError, match="user indices"):
+        UserItems.from_pairs(np.array([[7, 0]]), 7)
     with pytest.raises(TypeError, match="float32"):
-        ModelArtifact(manifest={}, user=np.zeros((7, 5)), item=original.item, user_ids=original.user_ids,
-                      item_ids=original.item_ids, train_pairs=original.train_pairs)
+        FloatTable(np.zeros((7, 5)))
+    with pytest.raises(TypeError, match="EmbeddingTable"):
+        dataclasses.replace(original, user=np.zeros((7, 5), np.float32))
     with pytest.raises(ValueError, match="reserved"):
         _artifact(arrays={"user_params": np.zeros(2)})
     with pytest.raises(ArtifactError, match="extra file"):
@@ -384,7 +384,7 @@ def test_segmented_parameters_decode_each_segment_with_its_own_pair() -> None:
         np.testing.assert_array_equal(full[:, columns], expected)
     rows = np.array([3, 0, 3])
     np.testing.assert_array_equal(table.dequantize(rows), full[rows])
-    assert table.nbytes_packed == -(-5 * 6 // 8) + 2 * 5 * 3 * 2
+    assert table.stored_bytes == -(-5 * 6 // 8) + 2 * 5 * 3 * 2
     with pytest.raises(ValueError, match="S dividing 6"):
         QuantizedTable(codes=table.codes, scale=np.ones((5, 4), np.float16), offset=np.ones((5, 4), np.float16), bits=1)
     with pytest.raises(ValueError, match="shapes differ"):
@@ -394,16 +394,16 @@ def test_segmented_parameters_decode_each_segment_with_its_own_pair() -> None:
 def test_segmented_round_trip_records_segments_only_where_used(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     model_dim, segments = 4, 3  # served rows: model_dim * segments values
-    original = ModelArtifact(manifest={"dim": model_dim}, user=_segmented_table(rng, 7, 12, segments),
+    original = ModelArtifact(info=_info(7, 11, model_dim), user=_segmented_table(rng, 7, 12, segments),
                              item=_segmented_table(rng, 11, 12, segments), user_ids=[f"u{i}" for i in range(7)],
-                             item_ids=[f"i{i}" for i in range(11)], train_pairs=_pairs(rng, 7, 11, 20))
+                             item_ids=[f"i{i}" for i in range(11)], train=_train(rng, 7, 11, 20))
     version_dir = write_artifact(tmp_path, original)
     assert np.load(version_dir / "user_params.npy").shape == (7, 2, segments)
     loaded = read_artifact(version_dir)
     _assert_same_table(original.user, loaded.user)
     _assert_same_table(original.item, loaded.item)
-    assert loaded.manifest["layout"]["user"]["segments"] == segments
+    assert loaded.manifest.layout.user.segments == segments
     # Compared with an fp32 model of the trainer's dimension, not with fp32 rows as wide as the served ones.
-    assert loaded.manifest["sizes"]["fp32_embedding_bytes"] == (7 + 11) * model_dim * 4
-    plain = read_artifact(write_artifact(tmp_path, _artifact())).manifest["layout"]
-    assert "segments" not in plain["user"] and "segments" not in plain["item"]
+    assert loaded.manifest.sizes.fp32_embedding_bytes == (7 + 11) * model_dim * 4
+    plain = read_artifact(write_artifact(tmp_path, _artifact())).manifest.layout
+    assert plain.user.segments == plain.item.segments == 1

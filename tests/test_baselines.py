@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
+from contracts.versions import read_current
 from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
 from model.graph import normalized_adjacency
 from model.lightgcn import LightGCN
-from model.quantized_table import QuantizedTable
+from model.tables import QuantizedTable
 from tests.conftest import FAST
-from training.artifact import read_artifact
-from training.cli import main
 from training.config import TrainConfig
 
 # One user row and one item row (n_users = 1): each table gets its own parameters.
@@ -65,8 +65,8 @@ def test_lsq_initial_step_and_storage():
     encoded = quantizer.encode(z)
     assert encoded.scale.shape == (2,)
     users, items = _tables(encoded, 2, n_users=4)
-    assert users.nbytes_packed == 4 * 8 * 2 // 8 + 2 + 2  # codes at 2 bits + one float16 scale and offset
-    assert items.nbytes_packed == 6 * 8 * 2 // 8 + 2 + 2
+    assert users.stored_bytes == 4 * 8 * 2 // 8 + 2 + 2  # codes at 2 bits + one float16 scale and offset
+    assert items.stored_bytes == 6 * 8 * 2 // 8 + 2 + 2
     decoded = np.concatenate([users.dequantize(), items.dequantize()])
     # Same codes; only the float16 parameters differ (a different code would be a whole step off).
     assert np.allclose(decoded, quantizer(z).detach().numpy(), atol=0.01)
@@ -114,7 +114,7 @@ def test_n2uq_starts_as_the_uniform_grid_and_storage():
     assert torch.allclose(widths, widths[:, :1].expand_as(widths))  # equal intervals: uniform thresholds
     assert torch.allclose(quantizer.out_scale, widths[:, 0])
     users, items = _tables(quantizer.encode(z), 4, n_users=4)
-    assert users.nbytes_packed == 4 * 8 * 4 // 8 + 4 and items.nbytes_packed == 6 * 8 * 4 // 8 + 4
+    assert users.stored_bytes == 4 * 8 * 4 // 8 + 4 and items.stored_bytes == 6 * 8 * 4 // 8 + 4
     decoded = np.concatenate([users.dequantize(), items.dequantize()])
     # Same codes; only the float16 parameters differ (a different code would be a whole step off).
     assert np.allclose(decoded, quantizer(z).detach().numpy(), atol=0.01)
@@ -147,7 +147,7 @@ def test_bigear_codes_decode_to_the_trained_vectors_and_storage():
     assert encoded.codes.shape == (10, 32) and encoded.scale.shape == (10, 4)
     users, items = _tables(encoded, 1, n_users=4)
     assert users.segments == 4
-    assert users.nbytes_packed == 4 * 32 // 8 + 4 * 4 * (2 + 2)  # 1 bit a value + float16 pair per layer
+    assert users.stored_bytes == 4 * 32 // 8 + 4 * 4 * (2 + 2)  # 1 bit a value + float16 pair per layer
     decoded = np.concatenate([users.dequantize(), items.dequantize()])
     assert np.allclose(decoded, quantizer(x).numpy(), rtol=1e-3, atol=1e-4)
 
@@ -178,12 +178,12 @@ def warm_model_dir(trained, tmp_path_factory):
 def test_train_end_to_end(warm_model_dir, method, bits):
     assert main(["train", *FAST, "--qat-epochs", "1", "--method", method, "--bits", str(bits),
                  "--model-dir", str(warm_model_dir), "--version", f"{method}-{bits}", "--no-publish"]) == 0
-    artifact = read_artifact(warm_model_dir / f"{method}-{bits}")
+    artifact = read_current(warm_model_dir / f"{method}-{bits}")
     manifest = artifact.manifest
-    assert manifest["method"] == method and manifest["bits"] == bits
-    assert manifest["training"]["epochs_run"][f"{method}-{bits}bit"] >= 1
+    assert manifest.method == method and manifest.bits == bits
+    assert manifest.training.epochs_run[f"{method}-{bits}bit"] >= 1
     width = 16 * 3 if method == "bigear" else 16  # FAST: d = 16, L = 2
     assert artifact.user.dim == artifact.item.dim == width
-    assert manifest["metrics"]["test"]["recall@20"] > 0.02
+    assert manifest.metrics.test["recall@20"] > 0.02
     history = json.loads((warm_model_dir / f"{method}-{bits}" / "history.json").read_text())
     assert {r["stage"] for r in history} == {"fp32", f"{method}-{bits}bit"}

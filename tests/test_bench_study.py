@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST
-from training.cli import main, train_config
+from cli.main import config_of, main
+from tests.conftest import FAST, flat_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from report import _still_valid, write_report  # noqa: E402
@@ -89,7 +89,7 @@ def test_records_without_settings_are_not_kept(tmp_path):
               "stored_bytes_per_node": 20.0, "served_bytes_per_item": 20.0, "train_seconds_by_stage": {"fp32": 1.0},
               "epochs_by_stage": {"fp32": 1}, "device": "cpu"}
     rows = [{**legacy, "version": v, "command": " ".join(c)} for v, c in commands.items()]
-    rows[1]["config"] = json.loads(train_config(commands["gnaq-2bit"][2:]).model_dump_json())
+    rows[1]["config"] = config_of(commands["gnaq-2bit"][2:]).model_dump(mode="json")
     (out / "bench" / "results" / "ml-100k.json").write_text(json.dumps({"rows": rows}))
     report = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
     assert [row["version"] for row in report["rows"]] == ["gnaq-2bit"]
@@ -98,19 +98,22 @@ def test_records_without_settings_are_not_kept(tmp_path):
 
 def test_a_setting_added_after_a_record_matches_only_at_its_default(tmp_path):
     command = row_command("ml-100k", dict(ROWS)["gnaq-2bit"], 0, tmp_path, "gnaq-2bit", None)
-    config = json.loads(train_config(command[2:]).model_dump_json())
-    older = {"command": " ".join(command), "config": {k: v for k, v in config.items() if k != "center"}}
-    assert _still_valid(older, command)  # --center did not exist yet, and its default is what ran
+    config = config_of(command[2:]).model_dump(mode="json")
+    assert _still_valid({"command": " ".join(command), "config": config}, command)
+    older = {"command": " ".join(command), "config": {k: v for k, v in flat_config(config).items() if k != "center"}}
+    assert _still_valid(older, command)  # a flat record, before --center existed: its default is what ran
     centred = [*command, "--center"]
     assert not _still_valid({**older, "command": " ".join(centred)}, centred)
-    assert not _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5}}, command)
+    assert not _still_valid({"command": " ".join(command), "config": {**flat_config(config), "clip": 0.5}}, command)
+    assert not _still_valid({"command": " ".join(command), "config": {**config, "nonsense": 1}}, command)
 
 
 def test_gnaq_settings_do_not_invalidate_other_methods_rows(tmp_path):
     command = row_command("ml-100k", dict(ROWS)["lsq-2bit"], 0, tmp_path, "lsq-2bit", None)
-    config = json.loads(train_config(command[2:]).model_dump_json())
-    assert _still_valid({"command": " ".join(command), "config": {**config, "clip": 0.5, "center": True}}, command)
-    assert not _still_valid({"command": " ".join(command), "config": {**config, "qat_lr": 0.5}}, command)
+    config = config_of(command[2:]).model_dump(mode="json")
+    assert _still_valid({"command": " ".join(command), "config": {**config, "gnaq": {"clip": 0.5, "center": True}}},
+                        command)
+    assert not _still_valid({"command": " ".join(command), "config": {**config, "qat": {"lr": 0.5}}}, command)
 
 
 def test_only_the_named_rows_are_trained(tmp_path, capsys):

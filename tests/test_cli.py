@@ -6,24 +6,25 @@ import sys
 
 import numpy as np
 
+from cli.main import main
+from contracts.manifest import FORMAT_VERSION
+from contracts.versions import read_current
 from service.engine.index import CodeIndex
-from tests.conftest import FAST
-from training.artifact import read_artifact
-from training.cli import main
+from tests.conftest import FAST, as_format_2
 from training.pipeline import evaluate_artifact
 
 
 def test_train_publishes_a_complete_artifact(trained, capsys):
     version = (trained / "CURRENT").read_text().strip()
-    artifact = read_artifact(trained / version)
+    artifact = read_current(trained / version)
     manifest = artifact.manifest
-    assert manifest["method"] == "gnaq" and manifest["bits"] == 2 and manifest["dim"] == 16
-    assert set(manifest["metrics"]["test"]) == {"recall@10", "ndcg@10", "recall@20", "ndcg@20"}
-    assert manifest["dataset"]["split"] == "random-80/20 seed=0" and manifest["seed"] == 0
-    assert manifest["sizes"]["compression_ratio"] > 5  # d=16: 4 B codes + 4 B params vs 64 B
+    assert manifest.method == "gnaq" and manifest.bits == 2 and manifest.dim == 16
+    assert set(manifest.metrics.test) == {"recall@10", "ndcg@10", "recall@20", "ndcg@20"}
+    assert manifest.dataset.split_label == "random-80/20 seed=0" and manifest.seed == 0
+    assert manifest.sizes.compression_ratio > 5  # d=16: 4 B codes + 4 B params vs 64 B
     assert artifact.item.bits == 2 and artifact.item.codes.shape == (1682, 16)
     assert (trained / version / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(artifact.train_pairs) == 80000 and len(artifact.user_ids) == 943
+    assert len(artifact.train) == 80000 and len(artifact.user_ids) == 943
 
 
 def test_evaluate_reproduces_the_recorded_metrics(trained, capsys):
@@ -73,7 +74,7 @@ def test_bad_dataset_is_one_clear_error(tmp_path, capsys):
 
 
 def test_console_script_and_data_stats():
-    out = subprocess.run([sys.executable, "-m", "training.cli", "data", "stats", "ml-100k"],
+    out = subprocess.run([sys.executable, "-m", "cli", "data", "stats", "ml-100k"],
                          capture_output=True, text=True, check=True).stdout
     stats = json.loads(out)
     assert stats["users"] == 943 and stats["interactions"] == 100000
@@ -83,13 +84,31 @@ def test_a_run_with_every_recipe_option_serves_exactly_what_it_was_tested_on(tmp
     assert main(["train", *FAST, "--method", "gnaq", "--bits", "2", "--center", "--distill-unseen",
                  "--qat-ema", "0.9", "--theta-lr-scale", "0.1", "--no-track-stats", "--relative-refinement",
                  "--model-dir", str(tmp_path), "--version", "v1"]) == 0
-    artifact = read_artifact(tmp_path / "v1")
+    artifact = read_current(tmp_path / "v1")
     manifest = artifact.manifest
-    assert manifest["quantizer"]["center"] is True and manifest["quantizer"]["track_stats"] is False
-    assert manifest["quantizer"]["relative"] is True
-    assert manifest["config"]["qat_ema"] == 0.9 and manifest["config"]["theta_lr_scale"] == 0.1
+    quantizer = manifest.quantizer.model_dump()
+    assert quantizer["center"] is True and quantizer["track_stats"] is False and quantizer["relative"] is True
+    assert manifest.config["qat"]["ema"] == 0.9 and manifest.config["gnaq"]["theta_lr_scale"] == 0.1
     assert artifact.user.dim_center is not None and artifact.item.dim_center is not None
-    assert evaluate_artifact(artifact) == manifest["metrics"]["test"]  # the stored centres are the tested ones
+    assert evaluate_artifact(artifact) == manifest.metrics.test  # the stored centres are the tested ones
     query = artifact.user.dequantize(np.array([0]))[0]
     np.testing.assert_allclose(CodeIndex(artifact.item).scores(query), artifact.item.dequantize() @ query,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_format_2_artifact_still_evaluates_and_retrains(model_dir, redis_url, monkeypatch, capsys):
+    """Versions written before the typed manifest (format 2) are read, evaluated and retrained from."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    current = model_dir / (model_dir / "CURRENT").read_text().strip()
+    path = current / "manifest.json"
+    path.write_text(json.dumps(as_format_2(json.loads(path.read_text()))))
+    old = read_current(model_dir)
+    assert old.manifest.format_version == 2 and old.manifest.dataset.split_label == "random-80/20 seed=0"
+    assert main(["evaluate", str(model_dir)]) == 0
+    assert main(["retrain", "--force", "--tolerance", "1", "--model-dir", str(model_dir), "--epochs", "1",
+                 "--qat-epochs", "1", "--no-progress"]) == 0
+    new = read_current(model_dir).manifest
+    assert new.format_version == FORMAT_VERSION and new.version != old.version
+    assert new.config["gnaq"]["clip"] == old.manifest.config["clip"] and new.method == old.manifest.method
+    assert new.config["fp32"]["epochs"] == 1 and new.config["bpr"]["batch_size"] == old.manifest.config["batch_size"]
+    assert main(["evaluate", str(model_dir)]) == 0

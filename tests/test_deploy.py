@@ -98,7 +98,7 @@ def test_dockerfile_is_multi_stage_with_cpu_torch_in_the_builder() -> None:
     assert builder[0][1].endswith("AS builder")
     runs = " ".join(args for instruction, args in builder if instruction == "RUN")
     assert "torch==2.13.0" in runs and "--index-url https://download.pytorch.org/whl/cpu" in runs
-    assert runs.index("torch==2.13.0") < runs.index("pip install .")  # CPU torch first: no CUDA wheels pulled
+    assert runs.index("torch==2.13.0") < runs.index('pip install ".[train,serve]"')  # CPU torch first
     assert "recbole==1.2.1" in runs  # carries the embedded default dataset
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in (REPO / "Dockerfile").read_text()
     assert final[0] == ("FROM", "${PYTHON_IMAGE}")
@@ -131,7 +131,7 @@ def test_dockerignore_keeps_heavy_and_secret_paths_out_but_not_the_sources() -> 
         assert entry in patterns
     copied = [source for stage in dockerfile_stages() for instruction, args in stage
               if instruction == "COPY" and not args.startswith("--from") for source in args.split()[:-1]]
-    assert {"pyproject.toml", "README.md", "model", "training", "service"} <= set(copied)
+    assert {"pyproject.toml", "README.md", "model", "contracts", "training", "service", "cli"} <= set(copied)
     for source in copied:
         assert not any(fnmatch.fnmatch(source, pattern) for pattern in patterns), source
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from cli.main import main
 from model.distillation import ListwiseDistillation
 from tests.conftest import FAST
-from training.cli import main
 from training.config import GNAQ_DISTILL, TrainConfig
 
 # Two users, then three items.
@@ -70,16 +70,16 @@ def test_bad_settings_are_rejected(kwargs):
 
 def test_gnaq_distils_by_default_and_the_baselines_only_when_asked():
     assert TrainConfig(method="gnaq").distill_weight == GNAQ_DISTILL > 0
-    assert TrainConfig(method="gnaq", distill=0).distill_weight == 0
+    assert TrainConfig(method="gnaq", distill={"weight": 0}).distill_weight == 0
     assert TrainConfig(method="lsq").distill_weight == 0
-    assert TrainConfig(method="lsq", distill=2.0).distill_weight == 2.0
+    assert TrainConfig(method="lsq", distill={"weight": 2.0}).distill_weight == 2.0
 
 
 def test_a_distilled_run_records_its_weight_and_keeps_its_best_validated_state(tmp_path):
     assert main(["train", *FAST, "--method", "lsq", "--bits", "2", "--distill", "1", "--distill-users", "64",
                  "--model-dir", str(tmp_path), "--version", "v1"]) == 0
     manifest = json.loads((tmp_path / "v1" / "manifest.json").read_text())
-    assert manifest["config"]["distill"] == 1.0 and manifest["config"]["distill_users"] == 64
+    assert manifest["config"]["distill"] == {"weight": 1.0, "temperature": 1.0, "users": 64, "unseen": False}
     history = json.loads((tmp_path / "v1" / "history.json").read_text())
     qat = [r for r in history if r["stage"] == "lsq-2bit" and r["valid"]]
     assert manifest["metrics"]["valid"]["recall@20"] == pytest.approx(max(r["valid"]["recall@20"] for r in qat))

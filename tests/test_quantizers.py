@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model.graph import mean_adjacency, normalized_adjacency
-from model.quantized_table import QuantizedTable
 from model.quantizers import GNAQQuantizer, UniformQuantizer, graph_influence
+from model.tables import QuantizedTable
 
 N_USERS, N_ITEMS, DIM = 6, 9, 16
 PAIRS = np.array([[u, (u * 2 + k) % N_ITEMS] for u in range(N_USERS) for k in range(3)])
@@ -68,7 +68,7 @@ def test_centring_stores_each_tables_mean_once_and_shrinks_the_error_of_a_shared
     table = QuantizedTable(encoded.codes.numpy()[N_USERS:], encoded.scale.numpy()[N_USERS:],
                            encoded.offset.numpy()[N_USERS:], 2, encoded.dim_scale.numpy(),
                            encoded.dim_center[1].numpy())
-    assert table.nbytes_packed == N_ITEMS * (DIM * 2 // 8 + 4) + 2 * DIM * 2  # codes, scale+offset, g and mu
+    assert table.stored_bytes == N_ITEMS * (DIM * 2 // 8 + 4) + 2 * DIM * 2  # codes, scale+offset, g and mu
 
 
 def test_node_aware_parameters_follow_each_nodes_spread():

@@ -10,12 +10,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from cli.main import main
+from contracts.interaction_log import RETRAIN_GROUP, STREAM
+from contracts.versions import add_version, list_versions, prune, read_current, resolve_version
 from service.core.config import Settings
 from service.main import create_app
-from training.artifact import list_versions, read_artifact, resolve_version, write_artifact
-from training.cli import main
-from training.interaction_log import GROUP, SqliteInteractionLog
-from training.retrain import prune, retrain_lock
+from training.log_reader import SqliteInteractionLog
+from training.retrain import retrain_lock
 
 KEY = "retrain-key"
 QUICK = ["--epochs", "2", "--qat-epochs", "2", "--eval-every", "1", "--patience", "1", "--no-progress"]
@@ -28,7 +29,7 @@ def _post(client, pairs):
 
 
 def _pending(url):
-    return redis.Redis.from_url(url).xpending("gnaq:interactions", GROUP)["pending"]
+    return redis.Redis.from_url(url).xpending(STREAM, RETRAIN_GROUP)["pending"]
 
 
 @pytest.fixture
@@ -40,16 +41,16 @@ def service(model_dir, redis_url, monkeypatch):
 
 
 def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, model_dir, redis_url, capsys):
-    artifact = read_artifact(model_dir)
-    old = artifact.manifest["version"]
+    artifact = read_current(model_dir)
+    old = artifact.version
     _post(service, [("night-user", artifact.item_ids[0]), ("night-user", artifact.item_ids[1]),
                     (artifact.user_ids[0], artifact.item_ids[2])])
     assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("retrain: published") and "3 new interactions" in summary
     new = resolve_version(model_dir).name
-    assert new != old and "night-user" in read_artifact(model_dir).user_ids
-    assert redis.Redis.from_url(redis_url).xlen("gnaq:interactions") == 0  # acknowledged and deleted
+    assert new != old and "night-user" in read_current(model_dir).user_ids
+    assert redis.Redis.from_url(redis_url).xlen(STREAM) == 0  # acknowledged and deleted
     deadline = time.monotonic() + 10
     while service.get("/readyz").json()["model_version"] != new:
         assert time.monotonic() < deadline, "the service did not pick up the new version"
@@ -64,7 +65,7 @@ def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, mod
 
 
 def test_a_worse_model_is_refused_and_nothing_is_consumed(service, model_dir, redis_url, capsys):
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     old, versions = resolve_version(model_dir).name, list_versions(model_dir)
     _post(service, [(artifact.user_ids[1], artifact.item_ids[3])])
     # A learning rate of 1e-9 leaves the embeddings at their random start: far below the current model.
@@ -79,10 +80,10 @@ def test_a_worse_model_is_refused_and_nothing_is_consumed(service, model_dir, re
 
 
 def test_a_killed_run_leaves_current_and_the_pending_log_intact(service, model_dir, redis_url):
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     old, versions = resolve_version(model_dir).name, list_versions(model_dir)
     _post(service, [(artifact.user_ids[2], artifact.item_ids[4]), ("killed-user", artifact.item_ids[5])])
-    job = subprocess.Popen([sys.executable, "-m", "training.cli", "retrain", "--model-dir", str(model_dir),
+    job = subprocess.Popen([sys.executable, "-m", "cli", "retrain", "--model-dir", str(model_dir),
                             "--epochs", "400", "--eval-every", "1", "--no-progress"],
                            env={**os.environ, "REDIS_URL": redis_url}, stderr=subprocess.PIPE, text=True)
     for line in job.stderr:  # kill it once it is training
@@ -91,10 +92,10 @@ def test_a_killed_run_leaves_current_and_the_pending_log_intact(service, model_d
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert resolve_version(model_dir).name == old and list_versions(model_dir) == versions
-    read_artifact(model_dir)  # the published artifact still verifies
+    read_current(model_dir)  # the published artifact still verifies
     assert _pending(redis_url) == 2  # claimed by the dead run, never acknowledged
     assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
-    assert "killed-user" in read_artifact(model_dir).user_ids and _pending(redis_url) == 0
+    assert "killed-user" in read_current(model_dir).user_ids and _pending(redis_url) == 0
 
 
 def test_two_runs_never_overlap(model_dir, capsys):
@@ -115,9 +116,9 @@ def test_embedded_log_is_consumed_through_a_cursor(tmp_path):
 
 
 def test_prune_keeps_current_and_recently_published(model_dir):
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     for name in ("a1", "a2", "a3", "a4"):
-        write_artifact(model_dir, artifact, version=name, publish=name in ("a2", "a3"))
+        add_version(model_dir, artifact, version=name, publish=name in ("a2", "a3"))
     before = set(list_versions(model_dir))
     deleted = prune(model_dir, keep=2)
     assert resolve_version(model_dir).name == "a3" and {"a2", "a3"} <= set(list_versions(model_dir))

@@ -7,9 +7,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from contracts.artifact import CURRENT_FILE
+from contracts.versions import add_version, read_current
 from service.core.config import Settings
 from service.main import create_app
-from training.artifact import CURRENT_FILE, read_artifact, write_artifact
 
 KEY = "test-key"
 AUTH = {"X-API-Key": KEY}
@@ -29,7 +30,7 @@ def client(settings):
 
 
 def _first_user(model_dir):
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     return artifact, artifact.user_ids[0]
 
 
@@ -54,11 +55,11 @@ def test_recommend_excludes_training_items_and_caches(client, model_dir):
     first = client.get(f"/recommend/{user}", params={"k": 10})
     assert first.status_code == 200, first.text
     body = first.json()
-    assert body["user_id"] == user and body["model_version"] == artifact.manifest["version"]
+    assert body["user_id"] == user and body["model_version"] == artifact.version
     assert len(body["items"]) == 10 and body["cached"] is False
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    trained = {artifact.item_ids[i] for u, i in artifact.train_pairs if u == 0}
+    trained = {artifact.item_ids[i] for u, i in artifact.train.pairs() if u == 0}
     assert not trained & {i["item_id"] for i in body["items"]}
     second = client.get(f"/recommend/{user}", params={"k": 10}).json()
     assert second["cached"] is True and second["items"] == body["items"]
@@ -108,9 +109,9 @@ def test_similar_items(client, model_dir):
 
 def test_hot_reload_swaps_versions_and_refuses_a_corrupt_one(client, model_dir):
     artifact, user = _first_user(model_dir)
-    old = artifact.manifest["version"]
+    old = artifact.version
     assert client.get(f"/recommend/{user}").json()["model_version"] == old
-    write_artifact(model_dir, artifact, version="v2")  # published: the poller picks it up
+    add_version(model_dir, artifact, version="v2")  # published: the poller picks it up
     deadline = time.monotonic() + 10
     while client.get("/readyz").json()["model_version"] != "v2":
         assert time.monotonic() < deadline, "the new CURRENT was not picked up"
@@ -120,7 +121,7 @@ def test_hot_reload_swaps_versions_and_refuses_a_corrupt_one(client, model_dir):
     assert _metric(client, "gnaq_model_reloads_total") == 2
     assert _metric(client, 'gnaq_model_info{bits="2",index="float",method="gnaq",version="v2"}') == 1
 
-    bad = write_artifact(model_dir, artifact, version="v3", publish=False)
+    bad = add_version(model_dir, artifact, version="v3", publish=False)
     codes = bad / "item_codes.bin"
     data = bytearray(codes.read_bytes())
     data[0] ^= 0xFF
@@ -140,10 +141,10 @@ def test_hot_reload_swaps_versions_and_refuses_a_corrupt_one(client, model_dir):
 @pytest.mark.parametrize("kind", ["float", "codes"])
 def test_service_top_k_equals_the_offline_evaluators(kind, model_dir, tmp_path):
     """Same artifact, same users: the served top-20 is the offline full ranking's top-20."""
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     users, items = artifact.user.dequantize().astype(np.float64), artifact.item.dequantize().astype(np.float64)
     scores = users @ items.T
-    scores[artifact.train_pairs[:, 0], artifact.train_pairs[:, 1]] = -np.inf
+    scores[artifact.train.pairs()[:, 0], artifact.train.pairs()[:, 1]] = -np.inf
     settings = Settings(model_dir=model_dir, state_dir=tmp_path, index=kind, reload_poll_seconds=0)
     with TestClient(create_app(settings)) as client:
         identical = 0
@@ -230,7 +231,7 @@ def test_redis_keys_carry_version_and_generation(settings, client, model_dir):
     client.post("/interactions", json={"user_id": user, "item_id": artifact.item_ids[1]}, headers=AUTH)
     client.get(f"/recommend/{user}", params={"k": 5})
     keys = {k.decode() for k in redis.Redis.from_url(settings.redis_url).keys("gnaq:*")}
-    version = artifact.manifest["version"]
+    version = artifact.version
     assert {f"gnaq:{{u:{user}}}:rec:{version}:0:5", f"gnaq:{{u:{user}}}:rec:{version}:1:5",
             f"gnaq:{{u:{user}}}:codes:{version}", "gnaq:interactions"} <= keys
 

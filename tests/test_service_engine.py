@@ -5,15 +5,15 @@ import asyncio
 import numpy as np
 import pytest
 
-from model.quantized_table import QuantizedTable
+from contracts.versions import read_current
+from model.tables import QuantizedTable
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.engine.index import CodeIndex, FloatIndex, build_index
 from service.engine.model import ServedModel
-from service.engine.recommender import Recommender, decode_user, encode_user
+from service.engine.recommender import Recommender
 from service.engine.registry import ModelRegistry
 from service.main import open_store
-from training.artifact import read_artifact
 
 
 def _table(bits, n=400, d=24, per_node=True, seed=0, centred=False):
@@ -56,10 +56,10 @@ def test_search_returns_fewer_when_almost_everything_is_excluded():
 
 
 def test_user_codes_round_trip(trained):
-    model = ServedModel.load(trained / read_artifact(trained).manifest["version"], "codes")
+    model = ServedModel.load(trained / read_current(trained).version, "codes")
     table = model.foldin.user(np.array([0, 3, 7]))
-    np.testing.assert_array_equal(decode_user(model, encode_user(table)), table.dequantize()[0])
-    assert len(encode_user(table)) == 4 + model.dim * 2 // 8
+    np.testing.assert_array_equal(model.foldin.decode_user(table.row_bytes()).dequantize(), table.dequantize())
+    assert len(table.row_bytes()) == 4 + model.dim * 2 // 8
 
 
 def test_concurrent_misses_on_one_key_are_computed_once(trained, redis_url):

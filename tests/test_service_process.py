@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from training.artifact import read_artifact
+from contracts.versions import read_current
 
 KEY = "process-key"
 
@@ -29,7 +29,7 @@ def serving(model_dir, env):
     """``gnaq serve`` on a free port until the block ends; yields its base URL once it is ready."""
     port = _free_port()
     env = {**os.environ, "GNAQ_API_KEYS": KEY, "GNAQ_RELOAD_POLL_SECONDS": "0", **env}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port),
                                 "--model-dir", str(model_dir), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,7 +54,7 @@ async def _post_concurrently(url, bodies):
 
 @pytest.mark.parametrize("backend", ["redis", "embedded"])
 def test_100_concurrent_posts_are_all_kept_across_a_restart(backend, model_dir, tmp_path, request):
-    artifact = read_artifact(model_dir)
+    artifact = read_current(model_dir)
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
     env = {"REDIS_URL": redis_url, "GNAQ_STATE_DIR": str(tmp_path / "state")}  # no REDIS_URL: embedded store
     users = [f"u{n}" for n in range(10)]  # new users, 10 posts each, one item per post

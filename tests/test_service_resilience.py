@@ -10,9 +10,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from contracts.versions import read_current
 from service.core.config import Settings
 from service.main import create_app
-from training.artifact import read_artifact
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def _start_redis(port: int) -> subprocess.Popen:
 def test_service_survives_a_redis_restart(model_dir):
     port = _free_port()
     server = _start_redis(port)
-    user = read_artifact(model_dir).user_ids[0]
+    user = read_current(model_dir).user_ids[0]
     settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
                         redis_timeout_seconds=0.2, redis_retry_seconds=0.2)
     try:
@@ -64,7 +64,7 @@ def test_service_survives_a_redis_restart(model_dir):
 def test_a_slow_redis_costs_at_most_its_timeout(model_dir):
     port = _free_port()
     server = _start_redis(port)
-    users = read_artifact(model_dir).user_ids[:6]
+    users = read_current(model_dir).user_ids[:6]
     settings = Settings(model_dir=model_dir, redis_url=f"redis://127.0.0.1:{port}/0", reload_poll_seconds=0,
                         redis_timeout_seconds=0.2, redis_retry_seconds=5)
     try:

@@ -1,4 +1,22 @@
-"""Training configuration: one validated object, from defaults, a TOML/JSON file and CLI flags."""
+"""Training configuration: one validated object, from defaults, a TOML/JSON file and CLI flags.
+
+A small common part (data, model shape, run) plus one section per concern, as in the config file::
+
+    dataset = "gowalla"
+    method = "gnaq"
+
+    [bpr]             # the BPR objective, both stages
+    batch_size = 16384
+    [fp32]            # the full-precision stage every method starts from
+    lr = 0.02
+    [qat]             # the quantization-aware stage (gnaq, lsq, n2uq, bigear)
+    minutes = 20
+    [gnaq]            # GNAQ's quantizer; [distill], [ptq], [bigear] likewise
+    clip = 0.8
+
+Fields that cannot change the fp32 warm start say so (``affects_fp32=False``); the warm start's cache key is
+every other setting, so a new setting is part of it unless declared otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,90 +24,144 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contracts.manifest import ModelInfo
 from model.quantizers import SUPPORTED_BITS
-
-# Settings only GNAQ's quantizer reads: they cannot change a row of another method.
-GNAQ_SETTINGS = frozenset({"node_aware", "dynamic", "track_stats", "relative_refinement", "theta_lr_scale",
-                           "refine_epochs", "estimator", "eta", "equalize", "clip", "center"})
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
 GNAQ_DISTILL = 1.0
+_NOT_FP32 = {"affects_fp32": False}
 
 
-class TrainConfig(BaseModel):
-    """Everything that determines a training run; recorded verbatim in the artifact manifest."""
+class Section(BaseModel):
+    """A section of the config: its own table in the file, its own group of flags."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = "ml-100k"
+
+class BPRConfig(Section):
+    """The BPR objective, in both stages."""
+
+    batch_size: int = Field(2048, ge=1, description="BPR triples per step")
+    negatives: int = Field(1, ge=1, description="BPR negatives per training interaction (their terms averaged)")
+    l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
+
+
+class Schedule(Section):
+    """How long one training stage runs and how it validates."""
+
+    epochs: int = Field(ge=1, description="max epochs")
+    lr: float = Field(gt=0, description="Adam learning rate")
+    eval_every: int = Field(ge=1, description="validate every N epochs")
+    minutes: float | None = Field(None, gt=0, description="wall-time budget in minutes: it stops after the epoch "
+                                  "that crosses it, selection stays on validation (unset: none)")
+    patience: int = Field(10, ge=1, description="validations without improvement before stopping")
+    lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "
+                                    "validations without improvement (unset: constant)")
+    ema: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving average of "
+                              "the weights, this decay per step (unset: off)")
+
+
+class FP32Schedule(Schedule):
+    """The full-precision stage, which every method starts from."""
+
+    epochs: int = Field(400, ge=1, description="max epochs")
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate")
+    eval_every: int = Field(5, ge=1, description="validate every N epochs")
+
+
+class QATSchedule(Schedule):
+    """The quantization-aware stage (gnaq, lsq, n2uq, bigear), from the fp32 warm start."""
+
+    epochs: int = Field(150, ge=1, description="max epochs")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    eval_every: int = Field(1, ge=1, description="validate every N epochs")
+
+
+class GNAQConfig(Section):
+    """GNAQ's quantizer: (a) node-aware grids, (b) refined by message passing, (c) its gradient estimator."""
+
+    node_aware: bool = Field(True, description="(a): per-node parameters (--no-node-aware: one per table)")
+    dynamic: bool = Field(True, description="(b): parameters refined by message passing and learned "
+                          "(--no-dynamic: fixed at initialisation)")
+    estimator: Literal["graph", "ste"] = Field("graph", description="(c): graph relation-aware gradient "
+                                               "estimator, or the plain straight-through estimator")
+    eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
+    equalize: bool = Field(True, description="shared per-dimension scale before the per-node grids")
+    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
+    center: bool = Field(False, description="subtract each table's mean vector (stored once) before the grids")
+    track_stats: bool = Field(True, description="(b): recompute each node's mean and std from its current "
+                              "embedding at every step (--no-track-stats: keep them from initialisation)")
+    relative_refinement: bool = Field(False, description="(b): make the refined corrections mean-free per table")
+    theta_lr_scale: float = Field(1.0, gt=0, description="(b): learning rate of the corrections as a multiple of "
+                                  "the stage's")
+    refine_epochs: int | None = Field(None, ge=1, description="(b): refine the grids for this many epochs, then "
+                                      "freeze them (unset: throughout)")
+
+
+class DistillConfig(Section):
+    """Listwise distillation from the fp32 warm start in the quantization-aware stage."""
+
+    weight: float | None = Field(None, ge=0, description="weight of the term; 0 is off (unset: on for gnaq, off "
+                                 "otherwise)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature")
+    users: int = Field(1024, ge=1, description="users per step distilled over all items")
+    unseen: bool = Field(False, description="distil each user's ranking of the items outside their training "
+                         "pairs only")
+
+
+class PTQConfig(Section):
+    """Post-training quantization (method ptq)."""
+
+    granularity: Literal["node", "tensor"] = Field("node", description="grid per node or per table")
+
+
+class BiGeaRConfig(Section):
+    """BiGeaR-style 1-bit per-layer codes (method bigear)."""
+
+    gamma: float = Field(1.0, gt=0, description="width gamma of the Dirac-delta gradient "
+                         "gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run; recorded in the artifact manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field("ml-100k", description="ml-100k (embedded default), gowalla, movielens1m, lastfm, or a path")
     data_dir: str | None = Field(None, description="directory of the named datasets (else $GNAQ_DATA_DIR)")
     split: Literal["auto", "random", "temporal"] = Field(
         "auto", description="auto: official train/test where the dataset has one, else per-user random")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="per-user test share of random/temporal splits")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="per-user share of train held out for selection")
-    method: Literal["fp32", "gnaq", "ptq", "lsq", "n2uq", "bigear"] = "gnaq"
-    bits: int = Field(2, description="bits per embedding value: 1-8")
+    method: Literal["fp32", "gnaq", "ptq", "lsq", "n2uq", "bigear"] = Field(
+        "gnaq", json_schema_extra=_NOT_FP32,
+        description="fp32 LightGCN, post-training uniform quantization (ptq), GNAQ, or a quantization-aware "
+                    "baseline: LSQ, N2UQ-style, BiGeaR-style (1-bit, per layer)")
+    bits: int = Field(2, json_schema_extra=_NOT_FP32, description="bits per embedding value: 1-8")
     dim: int = Field(64, ge=1, description="embedding dimension d")
     layers: int = Field(3, ge=0, description="LightGCN propagation layers L")
-    epochs: int = Field(400, ge=1, description="max epochs of the full-precision stage")
-    lr: float = Field(5e-3, gt=0, description="Adam learning rate of the fp32 stage")
-    qat_epochs: int = Field(150, ge=1, description="max epochs of the quantization-aware stage (GNAQ, LSQ, "
-                            "N2UQ, BiGeaR)")
-    qat_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the quantization-aware stage")
-    minutes: float | None = Field(None, gt=0, description="wall-time budget of the fp32 stage in minutes "
-                                  "(it stops after the epoch that crosses it; selection stays on validation)")
-    qat_minutes: float | None = Field(None, gt=0, description="wall-time budget of the quantization-aware stage")
-    batch_size: int = Field(2048, ge=1, description="BPR triples per step")
-    negatives: int = Field(1, ge=1, description="BPR negatives per training interaction (their terms averaged)")
-    l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
-    patience: int = Field(10, ge=1, description="validations without improvement before stopping")
-    lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "
-                                    "validations without improvement (unset: constant)")
-    eval_every: int = Field(5, ge=1, description="validate every N epochs in the fp32 stage")
-    qat_lr_patience: int | None = Field(None, ge=0, description="--lr-patience of the quantization-aware stage")
-    qat_ema: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving average "
-                                  "of the quantization-aware stage's weights, this decay per step (unset: off)")
-    qat_eval_every: int = Field(1, ge=1, description="validate every N epochs in the quantization-aware stage")
     ks: list[int] = Field(default_factory=lambda: [10, 20], description="cut-offs of Recall@K / NDCG@K; "
                           "the largest selects checkpoints")
     seed: int = Field(0, description="fixes split, validation carve, initialisation and negatives")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
-    ptq_granularity: Literal["node", "tensor"] = Field("node", description="--method ptq: grid per node or per table")
-    node_aware: bool = True
-    dynamic: bool = True
-    estimator: Literal["graph", "ste"] = "graph"
-    eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
-    equalize: bool = Field(True, description="shared per-dimension scale before per-node grids")
-    center: bool = Field(False, description="GNAQ: subtract each table's mean vector (stored once) before "
-                         "the per-node grids")
-    track_stats: bool = Field(True, description="GNAQ (b): recompute each node's mean and std from its current "
-                              "embedding at every step (--no-track-stats: keep them from initialisation and learn "
-                              "only the refined corrections)")
-    relative_refinement: bool = Field(False, description="GNAQ (b): make the refined corrections mean-free per "
-                                      "table, so they redistribute step and centre among a table's nodes but "
-                                      "leave the table's own, the clip chosen on validation, where it is")
-    theta_lr_scale: float = Field(1.0, gt=0, description="GNAQ (b): learning rate of the corrections theta as a "
-                                  "multiple of --qat-lr")
-    refine_epochs: int | None = Field(None, ge=1, description="GNAQ (b): refine the grids for this many "
-                                      "quantization-aware epochs, then freeze them where they stand (unset: "
-                                      "refine throughout)")
-    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
-    distill: float | None = Field(None, ge=0, description="weight of the listwise distillation from the fp32 model "
-                                  "in the quantization-aware stage; 0 is off (unset: on for gnaq, off otherwise)")
-    distill_temperature: float = Field(1.0, gt=0, description="softmax temperature of --distill")
-    distill_users: int = Field(1024, ge=1, description="users per step distilled over all items (--distill)")
-    distill_unseen: bool = Field(False, description="distil each user's ranking of the items outside their "
-                                 "training pairs only, the ones ranking shows (--distill)")
-    bigear_gamma: float = Field(1.0, gt=0, description="--method bigear: width gamma of the Dirac-delta "
-                                "gradient gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
-    model_dir: str | None = None
-    publish: bool = True
-    version: str | None = Field(None, description="version directory name (default: UTC timestamp)")
-    progress: bool = Field(True, description="progress bars")
+    model_dir: str | None = Field(None, json_schema_extra=_NOT_FP32,
+                                  description="where versions are written (default: $GNAQ_MODEL_DIR, else ./models)")
+    publish: bool = Field(True, json_schema_extra=_NOT_FP32, description="point <model dir>/CURRENT at the new "
+                          "version")
+    version: str | None = Field(None, json_schema_extra=_NOT_FP32,
+                                description="version directory name (default: UTC timestamp)")
+    progress: bool = Field(True, json_schema_extra=_NOT_FP32, description="progress bars")
+    bpr: BPRConfig = Field(default_factory=BPRConfig)
+    fp32: FP32Schedule = Field(default_factory=FP32Schedule)
+    qat: QATSchedule = Field(default_factory=QATSchedule, json_schema_extra=_NOT_FP32)
+    gnaq: GNAQConfig = Field(default_factory=GNAQConfig, json_schema_extra=_NOT_FP32)
+    distill: DistillConfig = Field(default_factory=DistillConfig, json_schema_extra=_NOT_FP32)
+    ptq: PTQConfig = Field(default_factory=PTQConfig, json_schema_extra=_NOT_FP32)
+    bigear: BiGeaRConfig = Field(default_factory=BiGeaRConfig, json_schema_extra=_NOT_FP32)
 
     @field_validator("bits")
     @classmethod
@@ -113,9 +185,9 @@ class TrainConfig(BaseModel):
 
     @property
     def distill_weight(self) -> float:
-        """``distill`` resolved: GNAQ distils from its fp32 warm start by default; the baselines do not."""
-        if self.distill is not None:
-            return self.distill
+        """``distill.weight`` resolved: GNAQ distils from its fp32 warm start by default; the baselines do not."""
+        if self.distill.weight is not None:
+            return self.distill.weight
         return GNAQ_DISTILL if self.method == "gnaq" else 0.0
 
     @property
@@ -127,13 +199,89 @@ class TrainConfig(BaseModel):
         """``--model-dir``, else ``GNAQ_MODEL_DIR``, else ``./models``."""
         return Path(self.model_dir or os.environ.get("GNAQ_MODEL_DIR") or "models")
 
+    def fp32_settings(self) -> dict[str, Any]:
+        """Every setting the fp32 warm start depends on (all but those declared ``affects_fp32=False``)."""
+        kept = {name for name, field in type(self).model_fields.items()
+                if (field.json_schema_extra or {}).get("affects_fp32", True)}
+        return self.model_dump(mode="json", include=kept)
 
-def read_config_file(path: Path) -> dict:
-    """Settings from a ``.toml`` or ``.json`` file (keys as in ``TrainConfig``)."""
+    def recorded(self) -> dict[str, Any]:
+        """What the manifest's ``config`` holds: the settings the manifest does not record elsewhere."""
+        return self.model_dump(mode="json", exclude=_RECORDED_ELSEWHERE)
+
+    @classmethod
+    def from_manifest(cls, info: ModelInfo, **overrides: Any) -> TrainConfig:
+        """The configuration a model was trained with (``overrides`` replace settings, sections merged)."""
+        dataset = info.dataset
+        recorded = upgrade_flat(info.config)
+        recorded.update(dataset=dataset.name, data_dir=dataset.data_dir, split=dataset.split,
+                        test_fraction=dataset.test_fraction, method=info.method, dim=info.dim, layers=info.layers,
+                        seed=info.seed, **({"bits": info.bits} if info.bits is not None else {}))
+        for name in _OUTPUT:
+            recorded.pop(name, None)
+        return cls(**merge_settings(recorded, overrides))
+
+
+# Recorded in the manifest's own fields (ModelInfo, DatasetRecord), or where the version was written.
+_OUTPUT = frozenset({"model_dir", "publish", "version", "progress"})
+_RECORDED_ELSEWHERE = frozenset({"dataset", "data_dir", "split", "test_fraction", "method", "bits", "dim", "layers",
+                                 "seed"}) | _OUTPUT
+
+# Where each setting of the flat configuration of format 1 and 2 manifests lives now: (section, key).
+_FLAT_KEYS: dict[str, list[tuple[str, str]]] = {
+    **{key: [("bpr", key)] for key in ("batch_size", "negatives", "l2")},
+    **{key: [("fp32", key)] for key in ("epochs", "lr", "minutes", "lr_patience", "eval_every")},
+    "patience": [("fp32", "patience"), ("qat", "patience")],
+    **{f"qat_{key}": [("qat", key)] for key in ("epochs", "lr", "minutes", "lr_patience", "eval_every", "ema")},
+    **{key: [("gnaq", key)] for key in GNAQConfig.model_fields},
+    "distill": [("distill", "weight")],
+    **{f"distill_{key}": [("distill", key)] for key in ("temperature", "users", "unseen")},
+    "ptq_granularity": [("ptq", "granularity")],
+    "bigear_gamma": [("bigear", "gamma")],
+}
+
+
+def _is_flat(key: str, value: Any) -> bool:
+    """Whether ``key`` is a setting of the earlier flat form (``distill`` was its weight, now its section)."""
+    return key in _FLAT_KEYS and not (key in TrainConfig.model_fields and isinstance(value, dict))
+
+
+def upgrade_flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings in the flat form of earlier versions (``qat_lr``, ``clip``, ...) moved into their sections."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if _is_flat(key, value):
+            for section, name in _FLAT_KEYS[key]:
+                out.setdefault(section, {})[name] = value
+        elif isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; a section given in both is merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a ``.toml`` or ``.json`` file (keys and sections as in ``TrainConfig``)."""
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        settings = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot parse config: {error}") from error
+    misplaced = sorted(key for key, value in settings.items() if _is_flat(key, value))
+    if misplaced:
+        where = ", ".join(f"{key} -> [{_FLAT_KEYS[key][0][0]}] {_FLAT_KEYS[key][0][1]}" for key in misplaced)
+        raise ValueError(f"{path}: these settings now live in sections: {where}")
+    return settings

@@ -17,14 +17,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from contracts.artifact import ModelArtifact, UserItems, read_artifact
+from contracts.manifest import DatasetRecord, Manifest, Metrics, ModelInfo, QuantizerRecord, TrainingRecord
+from contracts.versions import add_version
 from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
 from model.distillation import ListwiseDistillation
 from model.graph import mean_adjacency, node_degrees, normalized_adjacency
 from model.lightgcn import LightGCN
-from model.quantized_table import QuantizedTable
 from model.quantizers import EmbeddingQuantizer, GNAQQuantizer, UniformQuantizer, graph_influence
-from training.artifact import ModelArtifact, read_artifact, write_artifact
-from training.config import TrainConfig
+from model.tables import EmbeddingTable, FloatTable, QuantizedTable
+from training.config import Schedule, TrainConfig
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
 from training.interactions import Interactions
@@ -34,7 +36,6 @@ from training.splits import validation_split, without_pairs
 from training.trainer import EpochRecord, FitSettings, fit
 
 log = logging.getLogger(__name__)
-Table = QuantizedTable | np.ndarray
 
 
 @dataclass
@@ -57,7 +58,7 @@ class TrainResult:
     """What ``gnaq train`` produced: the version directory and its manifest."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
 
 def prepare(config: TrainConfig, data: Interactions | None = None,
@@ -76,14 +77,14 @@ def prepare(config: TrainConfig, data: Interactions | None = None,
     return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)
 
 
-def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Table]:
+def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[EmbeddingTable, EmbeddingTable]:
     """The user and item tables exactly as the artifact stores them (codes or float32)."""
     with torch.no_grad():
         final = model.quantizer_input(adjacency)
         n_users = model.n_users
         if model.quantizer is None:
             vectors = final.cpu().numpy().astype(np.float32)
-            return vectors[:n_users], vectors[n_users:]
+            return FloatTable(vectors[:n_users]), FloatTable(vectors[n_users:])
         encoded = model.quantizer.encode(final)
     codes = encoded.codes.cpu().numpy()
     scale, offset = encoded.scale.cpu().numpy(), encoded.offset.cpu().numpy()
@@ -96,15 +97,10 @@ def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[Table, Tabl
     return user, item
 
 
-def table_vectors(table: Table) -> np.ndarray:
-    """Float32 vectors the service scores: the table itself, or its decoded codes."""
-    return table if isinstance(table, np.ndarray) else table.dequantize()
-
-
-def rank_tables(user: Table, item: Table, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+def rank_tables(user: EmbeddingTable, item: EmbeddingTable, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
                 ks: list[int], device: torch.device) -> dict[str, float]:
     """Full-ranking metrics of the served vectors."""
-    vectors = (torch.from_numpy(table_vectors(t)).to(device) for t in (user, item))
+    vectors = (torch.from_numpy(t.dequantize()).to(device) for t in (user, item))
     return evaluate_ranking(*vectors, exclude, relevant, ks)
 
 
@@ -114,21 +110,18 @@ def _validator(ws: Workspace, model: LightGCN):
                                ws.config.ks, ws.device)
 
 
-def _settings(config: TrainConfig, *, epochs: int, lr: float, eval_every: int, minutes: float | None,
-              lr_patience: int | None, ema: float | None = None) -> FitSettings:
-    return FitSettings(epochs=epochs, batch_size=config.batch_size, lr=lr, l2=config.l2,
-                       patience=config.patience, eval_every=eval_every, metric=config.selection_metric,
-                       max_seconds=None if minutes is None else 60 * minutes, lr_patience=lr_patience, ema=ema,
-                       negatives=config.negatives)
+def _settings(config: TrainConfig, stage: Schedule) -> FitSettings:
+    return FitSettings(epochs=stage.epochs, batch_size=config.bpr.batch_size, lr=stage.lr, l2=config.bpr.l2,
+                       patience=stage.patience, eval_every=stage.eval_every, metric=config.selection_metric,
+                       max_seconds=None if stage.minutes is None else 60 * stage.minutes,
+                       lr_patience=stage.lr_patience, ema=stage.ema, negatives=config.bpr.negatives)
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
-    """Cache key: everything the fp32 stage depends on, so GNAQ/PTQ runs can share one warm start."""
-    c = ws.config
-    key = json.dumps([ws.data.fingerprint(), c.valid_fraction, c.seed, c.dim, c.layers, c.epochs, c.lr,
-                      c.batch_size, c.negatives, c.l2, c.patience, c.eval_every, c.ks, c.minutes, c.lr_patience])
+    """Cache key: the data and every setting the fp32 stage depends on, so quantized runs share one warm start."""
+    key = json.dumps([ws.data.fingerprint(), ws.config.fp32_settings()], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return c.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
+    return ws.config.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
 
 
 def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
@@ -143,10 +136,7 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
         return model, [EpochRecord(**r) for r in saved["history"]]
     rng = np.random.default_rng(c.seed)
     history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-                  _validator(ws, model),
-                  _settings(c, epochs=c.epochs, lr=c.lr, eval_every=c.eval_every, minutes=c.minutes,
-                            lr_patience=c.lr_patience),
-                  stage="fp32", rng=rng, progress=c.progress)
+                  _validator(ws, model), _settings(c, c.fp32), stage="fp32", rng=rng, progress=c.progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"state": model.state_dict(), "history": [asdict(r) for r in history]}, buffer)
@@ -160,7 +150,7 @@ def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
     """LSQ / N2UQ initialised from the warm-start ``z`` like GNAQ; BiGeaR has nothing to initialise."""
     c, n_users = ws.config, ws.data.n_users
     if c.method == "bigear":
-        return BiGeaRQuantizer(n_users, layers=c.layers, gamma=c.bigear_gamma).to(ws.device)
+        return BiGeaRQuantizer(n_users, layers=c.layers, gamma=c.bigear.gamma).to(ws.device)
     quantizer = (LSQQuantizer if c.method == "lsq" else N2UQQuantizer)(c.bits, n_users).to(ws.device)
     with torch.no_grad():
         quantizer.initialize(model.propagate(ws.adjacency))
@@ -171,15 +161,16 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage)."""
     c, data = ws.config, ws.data
     if c.method == "ptq":
-        model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq_granularity == "node")
+        model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq.granularity == "node")
         return []
     if c.method == "gnaq":
+        g = c.gnaq
         quantizer = GNAQQuantizer(
             c.bits, data.n_users, mean_adjacency=mean_adjacency(ws.fit_pairs, data.n_users, data.n_items,
                                                                 ws.device),
-            influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=c.node_aware,
-            dynamic=c.dynamic, estimator=c.estimator, eta=c.eta, equalize=c.equalize, clip=c.clip,
-            center=c.center, track_stats=c.track_stats, relative=c.relative_refinement,
+            influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=g.node_aware,
+            dynamic=g.dynamic, estimator=g.estimator, eta=g.eta, equalize=g.equalize, clip=g.clip,
+            center=g.center, track_stats=g.track_stats, relative=g.relative_refinement,
         ).to(ws.device)
         with torch.no_grad():
             quantizer.initialize(model.propagate(ws.adjacency))
@@ -190,22 +181,20 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
         with torch.no_grad():
             distillation = ListwiseDistillation(
                 model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
-                temperature=c.distill_temperature, users_per_step=c.distill_users,
-                exclude=torch.from_numpy(ws.fit_pairs) if c.distill_unseen else None)
+                temperature=c.distill.temperature, users_per_step=c.distill.users,
+                exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None)
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-               _validator(ws, model), _settings(c, epochs=c.qat_epochs, lr=c.qat_lr, eval_every=c.qat_eval_every,
-                         minutes=c.qat_minutes, lr_patience=c.qat_lr_patience, ema=c.qat_ema),
-               stage=f"{c.method}-{c.bits}bit", rng=rng, progress=c.progress, extra_loss=distillation,
-               lr_scales={"quantizer.theta": c.theta_lr_scale}
+               _validator(ws, model), _settings(c, c.qat), stage=f"{c.method}-{c.bits}bit", rng=rng,
+               progress=c.progress, extra_loss=distillation, lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
                if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
                after_epoch=_refinement_schedule(ws, model))
 
 
 def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None] | None:
     """``--refine-epochs E``: the hook that freezes GNAQ's grids after quantization-aware epoch E."""
-    quantizer, epochs = model.quantizer, ws.config.refine_epochs
+    quantizer, epochs = model.quantizer, ws.config.gnaq.refine_epochs
     if not isinstance(quantizer, GNAQQuantizer) or not quantizer.dynamic or epochs is None:
         return None
 
@@ -215,16 +204,15 @@ def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None
     return freeze_after
 
 
-def _dataset_record(ws: Workspace) -> dict:
-    data = ws.data
-    return {"name": data.name, "fingerprint": data.fingerprint(), "n_users": data.n_users,
-            "n_items": data.n_items, "n_train": len(data.train), "n_test": len(data.test),
-            "split": data.split, "test_fraction": ws.config.test_fraction, "seed": ws.config.seed,
-            "valid_fraction": ws.config.valid_fraction, "n_fit": len(ws.fit_pairs),
-            "n_valid": len(ws.valid_pairs), "warnings": data.warnings}
+def _dataset_record(ws: Workspace) -> DatasetRecord:
+    data, c = ws.data, ws.config
+    return DatasetRecord(name=data.name, data_dir=c.data_dir, split=c.split, test_fraction=c.test_fraction,
+                         split_label=data.split, fingerprint=data.fingerprint(), n_users=data.n_users,
+                         n_items=data.n_items, n_train=len(data.train), n_test=len(data.test),
+                         n_fit=len(ws.fit_pairs), n_valid=len(ws.valid_pairs), warnings=data.warnings)
 
 
-def _quantizer_record(model: LightGCN) -> dict | None:
+def _quantizer_record(model: LightGCN) -> QuantizerRecord | None:
     q = model.quantizer
     if q is None:
         return None
@@ -233,7 +221,7 @@ def _quantizer_record(model: LightGCN) -> dict | None:
         record.update(dynamic=q.dynamic, estimator=q.estimator, eta=q.eta, equalize=q.equalize,
                       clip=q.clip, center=q.center, track_stats=q.track_stats, relative=q.relative,
                       layers=q.layers, frozen=bool(q.frozen))
-    return record
+    return QuantizerRecord(**record)
 
 
 def _served_description(model: LightGCN) -> str:
@@ -270,17 +258,15 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
     test = rank_tables(user, item, ws.csr(ws.data.train), ws.csr(ws.data.test), config.ks, ws.device)
     data = ws.data
     degrees = node_degrees(ws.fit_pairs, data.n_users, data.n_items).astype(np.float32)
-    manifest = {
-        "method": config.method, "bits": None if config.method == "fp32" else config.bits,
-        "dim": config.dim, "layers": config.layers, "seed": config.seed,
-        "quantizer": _quantizer_record(model), "dataset": _dataset_record(ws),
-        "metrics": {"test": test, "valid": valid, "selection_metric": config.selection_metric},
-        "served": _served_description(model),
-        "training": {"epochs_run": {r.stage: r.epoch for r in history}, "selected_epoch": _selected(history, config),
-                     "seconds": time.perf_counter() - started,
-                     "device": str(ws.device), "torch": torch.__version__},
-        "config": config.model_dump(),
-    }
+    info = ModelInfo(
+        method=config.method, bits=None if config.method == "fp32" else config.bits, dim=config.dim,
+        layers=config.layers, seed=config.seed, quantizer=_quantizer_record(model), dataset=_dataset_record(ws),
+        metrics=Metrics(test=test, valid=valid, selection_metric=config.selection_metric),
+        served=_served_description(model),
+        training=TrainingRecord(epochs_run={r.stage: r.epoch for r in history},
+                                selected_epoch=_selected(history, config), seconds=time.perf_counter() - started,
+                                device=str(ws.device), torch=torch.__version__),
+        config=config.recorded())
     # Degrees fold new users in; the validation pairs let a retrain gate on data neither model trained on.
     arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:],
               "valid_pairs": ws.valid_pairs.astype(np.int32)}
@@ -288,13 +274,11 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
         theta = model.quantizer.refined_theta(data.n_users + data.n_items)[data.n_users:]
         arrays["item_theta"] = theta.cpu().numpy().astype(np.float16)  # for folding in new users
     history_json = json.dumps([asdict(r) for r in history], indent=1).encode()
-    artifact = ModelArtifact(manifest=manifest, user=user, item=item, user_ids=data.user_ids,
-                             item_ids=data.item_ids, train_pairs=data.train,
-                             arrays=arrays)
-    path = write_artifact(config.resolved_model_dir(), artifact, version=config.version,
-                          publish=config.publish,
-                          extra_files={"history.json": history_json,
-                                       "training_curve.png": training_curve_png(history, config.selection_metric)})
+    artifact = ModelArtifact(info=info, user=user, item=item, user_ids=data.user_ids, item_ids=data.item_ids,
+                             train=UserItems.from_pairs(data.train, data.n_users), arrays=arrays)
+    path = add_version(config.resolved_model_dir(), artifact, version=config.version, publish=config.publish,
+                       extra_files={"history.json": history_json,
+                                    "training_curve.png": training_curve_png(history, config.selection_metric)})
     # Read back from disk: the manifest returned is the written one, with every checksum verified.
     return TrainResult(path, read_artifact(path).manifest)
 
@@ -306,13 +290,13 @@ def evaluate_artifact(artifact: ModelArtifact, dataset: str | None = None, data_
     The dataset is reloaded with the split settings recorded in the manifest; a different fingerprint
     means other data than the model was trained on, which is an error rather than a silent mismatch.
     """
-    config, record = artifact.manifest["config"], artifact.manifest["dataset"]
-    name = dataset or record["name"]
-    data = load_dataset(name, data_dir=data_dir, split=config["split"], test_fraction=config["test_fraction"],
-                        seed=config["seed"])
-    if data.fingerprint() != record["fingerprint"]:
+    record, config = artifact.manifest.dataset, TrainConfig.from_manifest(artifact.manifest)
+    name = dataset or record.name
+    data = load_dataset(name, data_dir=data_dir or record.data_dir, split=record.split,
+                        test_fraction=record.test_fraction, seed=artifact.manifest.seed)
+    if data.fingerprint() != record.fingerprint:
         raise ValueError(f"dataset {name!r} is not the data this model was trained on "
-                         f"(fingerprint {data.fingerprint()[:12]} != {record['fingerprint'][:12]})")
-    exclude = pairs_to_csr(artifact.train_pairs, data.n_users, data.n_items)
+                         f"(fingerprint {data.fingerprint()[:12]} != {record.fingerprint[:12]})")
+    exclude = pairs_to_csr(artifact.train.pairs(), data.n_users, data.n_items)
     return rank_tables(artifact.user, artifact.item, exclude, pairs_to_csr(data.test, data.n_users, data.n_items),
-                       config["ks"], torch.device(device))
+                       config.ks, torch.device(device))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,21 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.artifact import (
-    CURRENT_FILE,
-    ArtifactError,
-    ModelArtifact,
-    list_versions,
-    publish_version,
-    published_versions,
-    read_artifact,
-    resolve_version,
-)
+from contracts.artifact import CURRENT_FILE, ArtifactError, ModelArtifact
+from contracts.interaction_log import LoggedInteraction
+from contracts.versions import prune, publish_version, read_current
 from training.config import TrainConfig
 from training.datasets import load_dataset
 from training.evaluate import pairs_to_csr
-from training.interaction_log import InteractionLog, LoggedInteraction
 from training.interactions import Interactions
+from training.log_reader import InteractionLog
 from training.pipeline import rank_tables, run_training
 from training.splits import without_pairs
 
@@ -103,7 +95,7 @@ def merge(current: ModelArtifact, base: Interactions,
                 index[key] = len(ids)
                 ids.append(key)
     added = np.array([(users[e.user_id], items[e.item_id]) for e in new], dtype=np.int64).reshape(-1, 2)
-    train = np.unique(np.concatenate([current.train_pairs.astype(np.int64), added]), axis=0)
+    train = np.unique(np.concatenate([current.train.pairs(), added]), axis=0)
     test = [(users[base.user_ids[u]], items[base.item_ids[i]]) for u, i in base.test
             if base.user_ids[u] in users and base.item_ids[i] in items]
     test = np.array(test, dtype=np.int64).reshape(-1, 2)
@@ -111,7 +103,7 @@ def merge(current: ModelArtifact, base: Interactions,
     data = Interactions(name=base.name, n_users=len(user_ids), n_items=len(item_ids), train=train, test=test,
                         user_ids=user_ids, item_ids=item_ids, split=base.split, warnings=dict(base.warnings))
     if "valid_pairs" not in current.arrays:
-        raise ArtifactError(f"version {current.manifest['version']} stores no validation pairs "
+        raise ArtifactError(f"version {current.version} stores no validation pairs "
                             "(trained before retraining existed): retrain cannot gate against it fairly")
     return data, current.arrays["valid_pairs"].astype(np.int64)
 
@@ -124,33 +116,22 @@ def current_score(current: ModelArtifact, fit_pairs: np.ndarray, valid_pairs: np
     return rank_tables(current.user, current.item, exclude, relevant, [20], torch.device("cpu"))[GATE_METRIC]
 
 
-def prune(model_dir: Path, keep: int) -> list[str]:
-    """Delete old versions beyond ``keep``; the current one and the last ``keep`` published are never deleted."""
-    current = resolve_version(model_dir).name
-    protected = {current, *published_versions(model_dir)[-keep:]}
-    others = [v for v in list_versions(model_dir) if v not in protected]
-    doomed = others[:max(0, len(others) - max(0, keep - len(protected)))]
-    for version in doomed:
-        shutil.rmtree(model_dir / version)
-    return doomed
-
-
 def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict, tolerance: float,
             keep: int, force: bool = False, data_dir: str | None = None) -> RetrainOutcome:
     """One run (the caller holds the lock): see the module docstring."""
     started = time.perf_counter()
-    current = read_artifact(model_dir)
+    current = read_current(model_dir)
     pending = interaction_log.pending()
     if not pending and not force:
         return RetrainOutcome(False, None, "nothing new to train on", 0, seconds=time.perf_counter() - started)
-    recorded = dict(current.manifest["config"])
-    base = load_dataset(recorded["dataset"], data_dir=data_dir or recorded.get("data_dir"),
-                        split=recorded["split"], test_fraction=recorded["test_fraction"], seed=recorded["seed"])
+    record = current.manifest.dataset
+    base = load_dataset(record.name, data_dir=data_dir or record.data_dir, split=record.split,
+                        test_fraction=record.test_fraction, seed=current.manifest.seed)
     data, valid_pairs = merge(current, base, pending)
-    config = TrainConfig(**{**recorded, **overrides, "model_dir": str(model_dir), "publish": False,
-                            "version": None, "progress": False})
+    config = TrainConfig.from_manifest(current.manifest, **{**overrides, "model_dir": str(model_dir),
+                                                             "publish": False, "progress": False})
     result = run_training(config, data=data, valid_pairs=valid_pairs)
-    candidate = result.manifest["metrics"]["valid"][GATE_METRIC]
+    candidate = result.manifest.metrics.valid[GATE_METRIC]
     baseline = current_score(current, without_pairs(data.train, valid_pairs), valid_pairs)
     version = result.path.name
     if candidate < (1 - tolerance) * baseline:
@@ -164,18 +145,3 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     reason = f"{CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned else "")
     return RetrainOutcome(True, version, reason, len(pending), candidate, baseline, time.perf_counter() - started)
 
-
-def rollback(model_dir: Path, version: str | None = None) -> str:
-    """Point ``CURRENT`` at ``version`` (default: the version published before the current one), verified.
-
-    Refused candidates were never published, so the default never lands on one.
-    """
-    current = resolve_version(model_dir).name
-    if version is None:
-        earlier = [v for v in published_versions(model_dir) if v != current and (Path(model_dir) / v).is_dir()]
-        if not earlier:
-            raise ArtifactError(f"no earlier published version to roll back to in {model_dir}")
-        version = earlier[-1]
-    read_artifact(Path(model_dir) / version)  # refuse to publish a missing or corrupt version
-    publish_version(model_dir, version)
-    return version

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contracts.interaction_log import sqlite_path
+
 
 class Settings(BaseSettings):
     """Everything an operator can set; every field is also an environment variable (``GNAQ_<NAME>``)."""
@@ -50,5 +52,5 @@ class Settings(BaseSettings):
     @cached_property
     def interaction_log_path(self) -> Path:
         """Embedded store's SQLite file (durable log of accepted interactions and user state)."""
-        return (self.state_dir or self.model_dir) / "interactions.sqlite3"
+        return sqlite_path(self.state_dir or self.model_dir)
 

@@ -23,9 +23,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from model.quantized_table import QuantizedTable
-
-Table = QuantizedTable | np.ndarray
+from model.tables import EmbeddingTable, QuantizedTable
 
 
 class ItemIndex(Protocol):
@@ -87,7 +85,7 @@ class CodeIndex:
     kind = "codes"
 
     @staticmethod
-    def supports(table: Table) -> bool:
+    def supports(table: EmbeddingTable) -> bool:
         """Quantized with one scale and offset per row (or per table); not fp32, not segmented rows."""
         return isinstance(table, QuantizedTable) and table.segments == 1
 
@@ -132,9 +130,8 @@ class CodeIndex:
         return self._n_keys + (self._scale.nbytes + self._offset.nbytes) / self.n_items
 
 
-def build_index(kind: str, items: Table) -> ItemIndex:
+def build_index(kind: str, items: EmbeddingTable) -> ItemIndex:
     """The configured index over an artifact's item table (``codes`` needs a quantized table)."""
     if kind == "codes":
         return CodeIndex(items)
-    vectors = items if isinstance(items, np.ndarray) else items.dequantize()
-    return FloatIndex(vectors)
+    return FloatIndex(items.dequantize())

@@ -6,18 +6,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from contracts.artifact import ArtifactError, UserItems, read_artifact
+from contracts.manifest import Manifest
 from model.foldin import FoldIn
-from model.quantized_table import QuantizedTable
+from model.tables import EmbeddingTable
 from service.engine.index import CodeIndex, ItemIndex, build_index
-from training.artifact import ArtifactError, read_artifact
-from training.evaluate import pairs_to_csr
 
 log = logging.getLogger(__name__)
-Table = QuantizedTable | np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,13 +23,12 @@ class ServedModel:
     """Immutable: a reload builds a new one and swaps the reference, so a request sees one version."""
 
     version: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     users: dict[str, int]
     item_ids: list[str]
     items: dict[str, int]
-    user_table: Table
-    train_indptr: np.ndarray
-    train_items: np.ndarray
+    user_table: EmbeddingTable
+    train: UserItems
     foldin: FoldIn
     index: ItemIndex
 
@@ -44,16 +41,14 @@ class ServedModel:
         kind = index_kind
         if kind == "codes" and not CodeIndex.supports(artifact.item):
             log.warning("version %s has no per-row codes (fp32 or segmented): serving it from the float index",
-                        manifest["version"])
+                        manifest.version)
             kind = "float"
-        seen = pairs_to_csr(artifact.train_pairs, len(artifact.user_ids), len(artifact.item_ids))
-        model = cls(version=manifest["version"], manifest=manifest,
+        model = cls(version=manifest.version, manifest=manifest,
                     users={u: i for i, u in enumerate(artifact.user_ids)}, item_ids=list(artifact.item_ids),
                     items={v: i for i, v in enumerate(artifact.item_ids)}, user_table=artifact.user,
-                    train_indptr=seen.indptr, train_items=seen.indices.astype(np.int64),
-                    foldin=FoldIn.from_artifact(artifact), index=build_index(kind, artifact.item))
+                    train=artifact.train, foldin=artifact.foldin(), index=build_index(kind, artifact.item))
         model.smoke_test()
-        log.info("loaded model %s (%s, %s index, %d users, %d items) in %.2f s", model.version, manifest.get("method"),
+        log.info("loaded model %s (%s, %s index, %d users, %d items) in %.2f s", model.version, manifest.method,
                  kind, len(model.users), len(model.item_ids), time.perf_counter() - started)
         return model
 
@@ -66,21 +61,19 @@ class ServedModel:
 
     @property
     def dim(self) -> int:
-        return int(self.user_table.shape[1]) if isinstance(self.user_table, np.ndarray) else self.user_table.dim
+        return self.user_table.dim
 
     def user_vector(self, row: int) -> np.ndarray:
         """The served (decoded) vector of a user the model was trained with."""
-        if isinstance(self.user_table, np.ndarray):
-            return self.user_table[row]
         return self.user_table.dequantize(np.array([row]))[0]
 
     def trained_items(self, row: int) -> np.ndarray:
         """Item rows a trained user interacted with in the training data (always excluded)."""
-        return self.train_items[self.train_indptr[row]:self.train_indptr[row + 1]]
+        return self.train.of(row)
 
     def item_rows(self, item_ids: list[str] | set[str]) -> np.ndarray:
         """Rows of the given item ids this model knows (unknown ones are skipped)."""
         return np.array([self.items[i] for i in item_ids if i in self.items], dtype=np.int64)
 
     def item_vector(self, row: int) -> np.ndarray:
-        return self.foldin.item_vectors(np.array([row]))[0]
+        return self.foldin.item_table.dequantize(np.array([row]))[0]

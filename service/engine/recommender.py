@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.packing import pack_codes, unpack_codes
-from model.quantized_table import QuantizedTable
+from contracts.interaction_log import Interaction
+from model.tables import EmbeddingTable
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
-from service.store.base import Interaction, Store, StoreUnavailable, UserState
+from service.store.base import Store, StoreUnavailable, UserState
 
 _SETTLE_SECONDS = 0.1  # a finished computation still answers misses whose cache read raced its write
 
@@ -54,25 +54,6 @@ class UserUpdate:
     generation: int
     new_user: bool
     interactions: int
-
-
-def encode_user(table: QuantizedTable | np.ndarray) -> bytes:
-    """Compact bytes of a requantized user row: float16 scale and offset + packed codes, or float32."""
-    if isinstance(table, np.ndarray):
-        return table.astype(np.float32).tobytes()
-    params = np.array([table.scale[0], table.offset[0]], dtype=np.float16).tobytes()
-    return params + pack_codes(table.codes, int(table.bits)).tobytes()
-
-
-def decode_user(model: ServedModel, payload: bytes) -> np.ndarray:
-    """The float32 vector of bytes written by ``encode_user`` for ``model``."""
-    template = model.foldin.item_table
-    if isinstance(template, np.ndarray):
-        return np.frombuffer(payload, dtype=np.float32).copy()
-    params = np.frombuffer(payload[:4], dtype=np.float16)
-    codes = unpack_codes(np.frombuffer(payload[4:], dtype=np.uint8), int(template.bits), (1, model.dim))
-    row = QuantizedTable(codes, params[:1].copy(), params[1:].copy(), int(template.bits), template.dim_scale)
-    return row.dequantize()[0]
 
 
 class Recommender:
@@ -149,18 +130,17 @@ class Recommender:
         if len(exclude) == 0:  # posted only items this model does not know
             return self._trained_only(model, user_id)
         if codes is not None and codes[0] == state.generation:
-            return decode_user(model, codes[1]), exclude
+            return model.foldin.decode_user(codes[1]).dequantize()[0], exclude
         table = await self._requantize(model, user_id, state.generation, exclude)
-        vector = table[0] if isinstance(table, np.ndarray) else table.dequantize()[0]
-        return vector, exclude
+        return table.dequantize()[0], exclude
 
     async def _requantize(self, model: ServedModel, user_id: str, generation: int,
-                          items: np.ndarray) -> QuantizedTable | np.ndarray:
+                          items: np.ndarray) -> EmbeddingTable:
         """Fold the user in from ``items`` and store its codes for ``generation`` (best effort: a failed
         store only means the next read recomputes them)."""
         table = model.foldin.user(items)
         try:
-            await self.store.save_user_codes(user_id, model.version, generation, encode_user(table))
+            await self.store.save_user_codes(user_id, model.version, generation, table.row_bytes())
         except StoreUnavailable:
             self.metrics.store_errors.labels("save_user_codes").inc()
         return table

@@ -12,9 +12,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from contracts.artifact import ArtifactError
+from contracts.versions import resolve_version
 from service.core.metrics import Metrics
 from service.engine.model import ServedModel
-from training.artifact import ArtifactError, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,7 @@ class ModelRegistry:
                 self._refuse(path.name, f"version {path.name} refused: {error}")
             self._model, self._refused, self.last_error = model, None, None
             self.metrics.reloads.inc()
-            self.metrics.show_model(model.version, str(model.manifest.get("method")), model.manifest.get("bits"),
-                                    model.index.kind)
+            self.metrics.show_model(model.version, model.manifest.method, model.manifest.bits, model.index.kind)
             log.info("now serving model %s (was %s)", model.version, current)
             return True
 

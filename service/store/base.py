@@ -4,7 +4,8 @@ Two implementations with the same contract: Redis (shared by every replica, ``RE
 embedded one (SQLite file + process memory) so a single machine runs without Redis.
 
 Contract:
-* ``record`` appends every event to the durable interaction log (what the nightly retrain reads),
+* ``record`` appends every event to the durable interaction log (``contracts.interaction_log``, what the
+  nightly retrain reads),
   adds the items to each user's set of items posted since training and bumps the user's
   *generation*, all or nothing; it returns each user's new state.
 * A user's generation names the state its cached results and requantized codes were computed from:
@@ -19,19 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from contracts.interaction_log import Interaction
+
 
 class StoreUnavailable(RuntimeError):
     """The backing store (Redis) is down, slow or restarting."""
-
-
-@dataclass(frozen=True)
-class Interaction:
-    """One accepted interaction as logged: external ids, event time and arrival time (epoch seconds)."""
-
-    user_id: str
-    item_id: str
-    timestamp: float
-    received_at: float
 
 
 @dataclass(frozen=True)

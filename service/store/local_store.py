@@ -1,7 +1,8 @@
 """Embedded store for one machine without Redis: SQLite for what must survive, memory for the rest.
 
-The interaction log, the generations and the posted items live in a SQLite file (WAL, synchronous
-FULL: a committed post survives a crash), shared safely by several worker processes on the machine.
+The interaction log (``contracts.interaction_log``), the generations and the posted items live in a SQLite
+file (WAL, synchronous FULL: a committed post survives a crash), shared safely by several worker processes on
+the machine.
 Cached bodies and requantized codes are process memory (bounded LRU), keyed like the Redis ones by
 (version, generation), so they can never be served stale; losing them only costs recomputation.
 """
@@ -15,12 +16,10 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from service.store.base import Interaction, UserState
+from contracts.interaction_log import SQLITE_INSERT, SQLITE_SCHEMA, Interaction
+from service.store.base import UserState
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS interactions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
-    timestamp REAL NOT NULL, received_at REAL NOT NULL);
+_STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS user_items (
     user_id TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (user_id, item_id));
@@ -58,7 +57,7 @@ class LocalStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SQLITE_SCHEMA + _STATE_SCHEMA)
         self._lock = threading.Lock()
         self._cache, self._codes = _LRU(capacity), _LRU(capacity)
 
@@ -96,9 +95,7 @@ class LocalStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT INTO interactions (user_id, item_id, timestamp, received_at) VALUES (?, ?, ?, ?)",
-                    [(e.user_id, e.item_id, e.timestamp, e.received_at) for e in events])
+                self._db.executemany(SQLITE_INSERT, [e.sqlite_row() for e in events])
                 self._db.executemany("INSERT OR IGNORE INTO user_items VALUES (?, ?)",
                                      [(e.user_id, e.item_id) for e in events])
                 users = list(dict.fromkeys(e.user_id for e in events))

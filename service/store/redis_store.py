@@ -2,7 +2,7 @@
 
 Keys (``{u:<id>}`` is a hash tag, so one user's keys live together on a Redis Cluster slot)::
 
-    gnaq:interactions                      stream of accepted interactions (user, item, ts, received)
+    gnaq:interactions                      the interaction log (contracts.interaction_log)
     gnaq:{u:<id>}:gen                      the user's generation (INCR per accepted post)
     gnaq:{u:<id>}:items                    set of item ids posted since training
     gnaq:{u:<id>}:codes:<version>          20-digit generation + requantized codes for that version
@@ -36,7 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from service.store.base import Interaction, StoreUnavailable, UserState
+from contracts.interaction_log import KEY_PREFIX, STREAM, Interaction
+from service.store.base import StoreUnavailable, UserState
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -102,20 +103,19 @@ class RedisStore:
     backend = "redis"
 
     def __init__(self, url: str, *, timeout: float, retry_seconds: float, codes_ttl: int,
-                 write_timeout: float = 5.0, near_ttl: float = 60.0, prefix: str = "gnaq:",
-                 near_capacity: int = 100_000) -> None:
+                 write_timeout: float = 5.0, near_ttl: float = 60.0, near_capacity: int = 100_000) -> None:
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                               retry=Retry(NoBackoff(), 1), health_check_interval=30)
         # Recording interactions may wait longer than a read: a timed-out MULTI may still have committed,
         # and the client's retry would then log the interactions twice. No automatic retry here either.
         self._writer = aioredis.Redis.from_url(url, socket_timeout=max(timeout, write_timeout),
                                                socket_connect_timeout=timeout, health_check_interval=30)
-        self._retry_seconds, self._codes_ttl, self._prefix = retry_seconds, codes_ttl, prefix
+        self._retry_seconds, self._codes_ttl = retry_seconds, codes_ttl
         self._near_ttl = near_ttl  # for bodies read from Redis, whose remaining TTL is not fetched
         self._down_until = 0.0
         self._read_cached = self._redis.register_script(_READ_CACHED)
         self._save_codes = self._redis.register_script(_SAVE_CODES)
-        self.log_key, self.channel = f"{prefix}interactions", f"{prefix}invalidate"
+        self.channel = f"{KEY_PREFIX}invalidate"
         self.near = NearCache(near_capacity)
         self._listener: asyncio.Task | None = None
 
@@ -145,7 +145,7 @@ class RedisStore:
                     await pubsub.aclose()
 
     def _user(self, user_id: str) -> str:
-        return f"{self._prefix}{{u:{user_id}}}"
+        return f"{KEY_PREFIX}{{u:{user_id}}}"
 
     async def _call(self, operation):
         if time.monotonic() < self._down_until:
@@ -202,8 +202,7 @@ class RedisStore:
         async def write():
             async with self._writer.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
                 for e in events:
-                    pipe.xadd(self.log_key, {"user": e.user_id, "item": e.item_id, "ts": repr(e.timestamp),
-                                             "received": repr(e.received_at)})
+                    pipe.xadd(STREAM, e.stream_fields())
                 for user_id, items in by_user.items():
                     user = self._user(user_id)
                     pipe.sadd(f"{user}:items", *items).incr(f"{user}:gen").smembers(f"{user}:items")

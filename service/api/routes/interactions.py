@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
+from contracts.interaction_log import Interaction
 from service.api.deps import RecommenderDep, SettingsDep, require_api_key
 from service.api.schemas import InteractionIn, InteractionsAccepted, UserUpdateOut
 from service.core.problems import Problem
-from service.store.base import Interaction
 
 router = APIRouter(tags=["interactions"], dependencies=[Depends(require_api_key)])
 

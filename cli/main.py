@@ -1,4 +1,8 @@
-"""``gnaq`` command line: train, evaluate an artifact, dataset statistics, serve recommendations."""
+"""``gnaq`` command line: train, evaluate an artifact, dataset statistics, serve, retrain, roll back.
+
+The one module above both the training job and the service: each command imports what it runs, so a
+service-only install can serve without the training dependencies and the other way round.
+"""
 
 from __future__ import annotations
 
@@ -7,51 +11,29 @@ import json
 import logging
 import os
 import sys
-import typing
 from pathlib import Path
 
 from pydantic import ValidationError
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from training.config import TrainConfig, read_config_file
+from cli.flags import add_config_flags, settings_from_flags, train_config
+from training.config import TrainConfig
 
-_HELP = {
-    "dataset": "ml-100k (embedded default), gowalla, movielens1m, lastfm, or a path",
-    "method": "fp32 LightGCN, post-training uniform quantization (ptq), GNAQ, or a quantization-aware "
-              "baseline: LSQ, N2UQ-style, BiGeaR-style (1-bit, per layer)",
-    "node_aware": "GNAQ (a): per-node parameters (--no-node-aware: one per table)",
-    "dynamic": "GNAQ (b): parameters refined by message passing and learned (--no-dynamic: fixed)",
-    "estimator": "GNAQ (c): graph relation-aware gradient estimator or the plain STE",
-    "model_dir": "where versions are written (default: $GNAQ_MODEL_DIR, else ./models)",
-    "publish": "point <model dir>/CURRENT at the new version",
-}
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` field; unset flags leave the config file's value alone."""
-    for name, field in TrainConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        default = field.get_default(call_default_factory=True)
-        kwargs: dict = {"default": argparse.SUPPRESS, "dest": name,
-                        "help": f"{_HELP.get(name, field.description or '')} (default: {default})"}
-        annotation = field.annotation
-        if annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(annotation) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(annotation), **kwargs)
-        elif annotation == list[int]:
-            parser.add_argument(flag, type=int, nargs="+", **kwargs)
-        else:
-            scalar = next((t for t in (int, float) if annotation is t), str)
-            parser.add_argument(flag, type=scalar, **kwargs)
+_TRAIN_ARGS = frozenset({"command", "config"})
+_RETRAIN_ARGS = frozenset({"command", "tolerance", "keep", "wait", "force"})
+# Settings a retrain takes from the current model, whatever the flags say (its data, where it writes).
+_RETRAIN_FIXED = frozenset({"model_dir", "data_dir", "dataset", "split", "test_fraction", "version", "publish"})
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gnaq", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gnaq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a model and export a versioned artifact")
-    train.add_argument("--config", type=Path, help="TOML or JSON file of settings (flags override it)")
-    _add_config_flags(train)
+    train = commands.add_parser(
+        "train", help="train a model and export a versioned artifact",
+        description="Train on a dataset, select on validation, test once, write a versioned artifact. The common "
+                    "settings come first; then one group per section of the configuration ([bpr], [fp32], [qat], "
+                    "[gnaq], [distill], [ptq], [bigear]), which a --config file sets as TOML tables.")
+    train.add_argument("--config", type=Path, help="TOML or JSON file of settings and [sections]")
+    add_config_flags(train)
     evaluate = commands.add_parser("evaluate", help="recompute an artifact's test metrics")
     evaluate.add_argument("artifact", type=Path, help="a version directory, or a model dir (uses CURRENT)")
     evaluate.add_argument("--dataset", help="dataset name or path (default: the one in the manifest)")
@@ -68,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--keep", type=int, default=5, help="versions kept after publishing (default 5)")
     retrain.add_argument("--wait", action="store_true", help="wait for a running retrain instead of exiting 4")
     retrain.add_argument("--force", action="store_true", help="train even if no new interaction was logged")
-    _add_config_flags(retrain)  # overrides of the current model's recorded settings (epochs, lr, ...)
+    add_config_flags(retrain)  # overrides of the current model's recorded settings (epochs, lr, ...)
     rollback = commands.add_parser("rollback", help="point CURRENT back at an earlier version")
     rollback.add_argument("version", nargs="?", help="default: the newest version older than the current one")
     rollback.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
@@ -81,42 +63,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    settings = read_config_file(args.config) if args.config else {}
-    settings.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
-    return TrainConfig(**settings)
-
-
-def train_config(argv: list[str]) -> TrainConfig:
+def config_of(argv: list[str]) -> TrainConfig:
     """The configuration that ``gnaq train`` with these arguments (after ``train``) would run with."""
-    return _train_config(_parser().parse_args(["train", *argv]))
+    return train_config(_parser().parse_args(["train", *argv]), ignore=_TRAIN_ARGS)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from training.pipeline import run_training
 
-    config = _train_config(args)
+    config = train_config(args, ignore=_TRAIN_ARGS)
     with logging_redirect_tqdm():
         result = run_training(config)
     manifest = result.manifest
-    sizes = manifest["sizes"]
+    sizes = manifest.sizes
     print(f"artifact: {result.path}" + ("" if config.publish else " (not published)"))
-    print(f"method {manifest['method']}" + (f", {manifest['bits']} bits" if manifest["bits"] else "")
-          + f", d={manifest['dim']}, L={manifest['layers']}, dataset {manifest['dataset']['name']} "
-          f"({manifest['dataset']['split']}), seed {manifest['seed']}")
-    test = manifest["metrics"]["test"]
+    print(f"method {manifest.method}" + (f", {manifest.bits} bits" if manifest.bits else "")
+          + f", d={manifest.dim}, L={manifest.layers}, dataset {manifest.dataset.name} "
+          f"({manifest.dataset.split_label}), seed {manifest.seed}")
+    test = manifest.metrics.test
     print("test:  " + "  ".join(f"{m}@{k} {test[f'{m}@{k}']:.4f}" for k in config.ks for m in ("recall", "ndcg")))
-    print(f"size:  embeddings {sizes['embedding_bytes']:,} B vs fp32 table {sizes['fp32_embedding_bytes']:,} B "
-          f"= {sizes['compression_ratio']:.1f}x smaller; whole artifact {sizes['artifact_bytes']:,} B")
+    print(f"size:  embeddings {sizes.embedding_bytes:,} B vs fp32 table {sizes.fp32_embedding_bytes:,} B "
+          f"= {sizes.compression_ratio:.1f}x smaller; whole artifact {sizes.artifact_bytes:,} B")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.artifact import read_artifact
+    from contracts.versions import read_current
     from training.pipeline import evaluate_artifact
 
-    artifact = read_artifact(args.artifact)
-    recorded = artifact.manifest["metrics"]["test"]
+    artifact = read_current(args.artifact)
+    recorded = artifact.manifest.metrics.test
     metrics = evaluate_artifact(artifact, args.dataset, args.data_dir, args.device)
     for name, value in metrics.items():
         print(f"{name:10s} {value:.6f}  (recorded {recorded.get(name, float('nan')):.6f})")
@@ -135,21 +113,22 @@ def _model_dir(value: object) -> Path:
 
 
 def _retrain(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from service.core.config import Settings
-    from training.interaction_log import RedisInteractionLog, SqliteInteractionLog
+    from training.log_reader import RedisInteractionLog, SqliteInteractionLog
     from training.retrain import EXIT_LOCKED, RetrainLocked, retrain, retrain_lock
 
-    fixed = ("command", "tolerance", "keep", "wait", "force", "model_dir", "data_dir", "dataset", "split",
-             "test_fraction", "version", "publish")
-    overrides = {k: v for k, v in vars(args).items() if k not in fixed}
-    model_dir = _model_dir(getattr(args, "model_dir", None))
+    flags = settings_from_flags(args, ignore=_RETRAIN_ARGS)
+    overrides = {k: v for k, v in flags.items() if k not in _RETRAIN_FIXED}
+    model_dir = _model_dir(flags.get("model_dir"))
     service = Settings(model_dir=model_dir)  # where the service logs interactions: same settings, same place
     try:
         with retrain_lock(model_dir, wait=args.wait), logging_redirect_tqdm():
             log = RedisInteractionLog(service.redis_url) if service.redis_url \
                 else SqliteInteractionLog(service.interaction_log_path)
             outcome = retrain(model_dir, log, overrides=overrides, tolerance=args.tolerance, keep=args.keep,
-                              force=args.force, data_dir=getattr(args, "data_dir", None))
+                              force=args.force, data_dir=flags.get("data_dir"))
     except RetrainLocked as error:
         print(f"retrain: skipped; {error}")
         return EXIT_LOCKED
@@ -158,7 +137,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from training.retrain import rollback
+    from contracts.versions import rollback
 
     print(f"CURRENT -> {rollback(_model_dir(args.model_dir), args.version)}")
     return 0
@@ -167,7 +146,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from training.artifact import resolve_version
+    from contracts.versions import resolve_version
 
     if args.model_dir is not None:
         os.environ["GNAQ_MODEL_DIR"] = str(args.model_dir)  # read by the workers' settings
@@ -192,7 +171,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         print(f"gnaq: error: {error}", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

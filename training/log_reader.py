@@ -1,35 +1,31 @@
-"""The retrain job's side of the service's durable interaction log: claim pending entries, ack after publish.
+"""The nightly job's side of the interaction log (``contracts.interaction_log``): claim pending entries, ack after
+publishing.
 
-Redis: the stream ``gnaq:interactions`` read through the consumer group ``retrain``. Entries a run
-claimed stay in the group's pending list until ``ack``; a run that fails or is killed never acks, and
-the next run first re-reads what is pending (``XREADGROUP ... 0``), then what is new (``>``), so
-nothing is lost and nothing is counted twice. Acknowledged entries are deleted from the stream.
+Redis: entries a run claimed through the consumer group stay in the group's pending list until ``ack``; a run
+that fails or is killed never acks, and the next run first re-reads what is pending (``XREADGROUP ... 0``), then
+what is new (``>``), so nothing is lost and nothing is counted twice. Acknowledged entries are deleted.
 
-Embedded store (no Redis): the SQLite file of ``service.store.local_store`` with a cursor row, moved
-forward only by ``ack``.
+Embedded store: the SQLite log with a cursor row, moved forward only by ``ack``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import redis
 
-GROUP = "retrain"
-CONSUMER = "retrain"  # one fixed name: a new run inherits what a dead run left pending
+from contracts.interaction_log import (
+    RETRAIN_CONSUMER,
+    RETRAIN_GROUP,
+    SQLITE_SCHEMA,
+    STREAM,
+    Interaction,
+    LoggedInteraction,
+)
+
 _BATCH = 10_000
-
-
-@dataclass(frozen=True)
-class LoggedInteraction:
-    """One entry of the log: its log id and the external user and item ids."""
-
-    log_id: str
-    user_id: str
-    item_id: str
 
 
 class InteractionLog(Protocol):
@@ -43,12 +39,12 @@ class InteractionLog(Protocol):
 
 
 class RedisInteractionLog:
-    """The service's Redis Stream, through a consumer group."""
+    """The service's Redis Stream, through the retrain consumer group."""
 
-    def __init__(self, url: str, key: str = "gnaq:interactions") -> None:
-        self._redis, self._key = redis.Redis.from_url(url, socket_timeout=30), key
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=30)
         try:
-            self._redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+            self._redis.xgroup_create(STREAM, RETRAIN_GROUP, id="0", mkstream=True)
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -57,10 +53,9 @@ class RedisInteractionLog:
         out: list[LoggedInteraction] = []
         cursor = start
         while True:
-            reply = self._redis.xreadgroup(GROUP, CONSUMER, {self._key: cursor}, count=_BATCH)
+            reply = self._redis.xreadgroup(RETRAIN_GROUP, RETRAIN_CONSUMER, {STREAM: cursor}, count=_BATCH)
             entries = reply[0][1] if reply else []
-            out.extend(LoggedInteraction(i.decode(), f[b"user"].decode(), f[b"item"].decode())
-                       for i, f in entries if f)
+            out.extend(LoggedInteraction(i.decode(), Interaction.from_stream_fields(f)) for i, f in entries if f)
             if len(entries) < _BATCH:
                 return out
             if start == "0":  # pending entries: page through them by id
@@ -74,7 +69,7 @@ class RedisInteractionLog:
         for start in range(0, len(ids), _BATCH):
             chunk = ids[start:start + _BATCH]
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xack(self._key, GROUP, *chunk).xdel(self._key, *chunk)
+                pipe.xack(STREAM, RETRAIN_GROUP, *chunk).xdel(STREAM, *chunk)
                 pipe.execute()
 
 
@@ -83,17 +78,16 @@ class SqliteInteractionLog:
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("CREATE TABLE IF NOT EXISTS interactions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "user_id TEXT NOT NULL, item_id TEXT NOT NULL, timestamp REAL NOT NULL, "
-                         "received_at REAL NOT NULL)")  # the service's schema, if it never ran
+        self._db.executescript(SQLITE_SCHEMA)  # the service's table, if it never ran
         self._db.execute("CREATE TABLE IF NOT EXISTS retrain_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), "
                          "last_row INTEGER NOT NULL)")
         self._db.execute("INSERT OR IGNORE INTO retrain_cursor VALUES (1, 0)")
 
     def pending(self) -> list[LoggedInteraction]:
         (last,) = self._db.execute("SELECT last_row FROM retrain_cursor").fetchone()
-        rows = self._db.execute("SELECT id, user_id, item_id FROM interactions WHERE id > ? ORDER BY id", (last,))
-        return [LoggedInteraction(str(i), u, v) for i, u, v in rows]
+        rows = self._db.execute("SELECT id, user_id, item_id, timestamp, received_at FROM interactions "
+                                "WHERE id > ? ORDER BY id", (last,))
+        return [LoggedInteraction(str(i), Interaction(u, v, t, r)) for i, u, v, t, r in rows]
 
     def ack(self, entries: list[LoggedInteraction]) -> None:
         if entries:
