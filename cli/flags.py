@@ -15,9 +15,10 @@ from training.config import Section, TrainConfig, merge_settings, read_config_fi
 
 # The flag prefix of each section's settings (``[qat] lr`` is ``--qat-lr``); the names are those of earlier
 # releases, so commands keep working. ``[distill] weight`` is ``--distill``.
-_SECTION_PREFIX = {"bpr": "", "fp32": "", "qat": "qat-", "gnaq": "", "distill": "distill-", "ptq": "ptq-",
-                   "bigear": "bigear-"}
-_RENAMED = {("distill", "weight"): "distill"}
+_SECTION_PREFIX = {"columns": "", "bpr": "", "fp32": "", "qat": "qat-", "gnaq": "", "distill": "distill-",
+                   "ptq": "ptq-", "bigear": "bigear-"}
+_RENAMED = {("distill", "weight"): "distill", **{("columns", key): f"{key}_col" for key in ("user", "item", "time",
+                                                                                          "rating")}}
 SEPARATOR = "."  # dest of a section's flag: "<section>.<key>"
 
 
@@ -49,14 +50,18 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: frozenset[str] = 
             continue
         _add_flag(common, name, name, field, section)
     for name in TrainConfig.model_fields:
-        section = getattr(defaults, name)
-        if not isinstance(section, Section):
-            continue
-        title = (type(section).__doc__ or "").strip().splitlines()[0].rstrip(".")
-        group = parser.add_argument_group(f"[{name}] {title}")
-        for key, inner in type(section).model_fields.items():
-            flag = _RENAMED.get((name, key), _SECTION_PREFIX[name] + key)
-            _add_flag(group, flag, f"{name}{SEPARATOR}{key}", inner, getattr(section, key))
+        if isinstance(getattr(defaults, name), Section):
+            add_section_flags(parser, name)
+
+
+def add_section_flags(parser: argparse.ArgumentParser, name: str) -> None:
+    """The titled group of flags of one section of ``TrainConfig`` (e.g. ``columns`` for ``gnaq data stats``)."""
+    section = getattr(TrainConfig(), name)
+    title = (type(section).__doc__ or "").strip().splitlines()[0].rstrip(".")
+    group = parser.add_argument_group(f"[{name}] {title}")
+    for key, inner in type(section).model_fields.items():
+        flag = _RENAMED.get((name, key), _SECTION_PREFIX[name] + key)
+        _add_flag(group, flag, f"{name}{SEPARATOR}{key}", inner, getattr(section, key))
 
 
 def settings_from_flags(args: argparse.Namespace, *, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:

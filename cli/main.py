@@ -15,17 +15,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.flags import add_config_flags, settings_from_flags, train_config
+from cli.flags import add_config_flags, add_section_flags, settings_from_flags, train_config
 from training.config import TrainConfig
 
 _TRAIN_ARGS = frozenset({"command", "config"})
-_RETRAIN_ARGS = frozenset({"command", "tolerance", "keep", "wait", "force"})
+_STATS_ARGS = frozenset({"command", "data_command", "dataset", "data_dir"})
+_RETRAIN_ARGS = frozenset({"command", "tolerance", "gate_confidence", "gate_min_users", "alert_after", "keep", "wait",
+                           "force"})
 # Settings a retrain takes from the current model, whatever the flags say (its data, where it writes).
 _RETRAIN_FIXED = frozenset({"model_dir", "data_dir", "dataset", "split", "test_fraction", "version", "publish"})
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gnaq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gnaq", description="GNAQ-Rec: train node-aware quantized LightGCN "
+                                     "models, serve their recommendations, retrain them nightly.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train a model and export a versioned artifact",
@@ -44,16 +47,27 @@ def _parser() -> argparse.ArgumentParser:
     stats = data_commands.add_parser("stats", help="users, items, interactions, density")
     stats.add_argument("dataset")
     stats.add_argument("--data-dir")
+    add_section_flags(stats, "columns")
     retrain = commands.add_parser("retrain", help="the nightly job: merge logged interactions, train, gate, publish")
     retrain.add_argument("--tolerance", type=float, default=0.05,
-                         help="publish if valid recall@20 >= (1 - tolerance) x the current model's (default 0.05)")
+                         help="refuse a candidate whose valid recall@20 is clearly below (1 - tolerance) x the "
+                              "current model's (default: 0.05)")
+    retrain.add_argument("--gate-confidence", type=float, default=0.95,
+                         help="'clearly': the one-sided bootstrap confidence over validation users (default: 0.95)")
+    retrain.add_argument("--gate-min-users", type=int, default=20,
+                         help="with fewer validation users the gate cannot judge and passes (default: 20)")
+    retrain.add_argument("--alert-after", type=int, default=3,
+                         help="warn when interactions have stayed pending this many runs in a row (default: 3)")
     retrain.add_argument("--keep", type=int, default=5, help="versions kept after publishing (default 5)")
     retrain.add_argument("--wait", action="store_true", help="wait for a running retrain instead of exiting 4")
     retrain.add_argument("--force", action="store_true", help="train even if no new interaction was logged")
     add_config_flags(retrain)  # overrides of the current model's recorded settings (epochs, lr, ...)
     rollback = commands.add_parser("rollback", help="point CURRENT back at an earlier version")
-    rollback.add_argument("version", nargs="?", help="default: the newest version older than the current one")
+    rollback.add_argument("version", nargs="?", help="default: the version that served before the current one was "
+                                                     "first published (repeated rollbacks walk further back)")
     rollback.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
+    versions = commands.add_parser("versions", help="every version in the model dir: current, published, refused")
+    versions.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
     serve = commands.add_parser("serve", help="serve <model dir>/CURRENT over HTTP (settings: GNAQ_* environment)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -102,9 +116,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from training.config import ColumnsConfig
     from training.datasets import dataset_stats, load_dataset
 
-    print(json.dumps(dataset_stats(load_dataset(args.dataset, data_dir=args.data_dir)), indent=2))
+    columns = ColumnsConfig(**settings_from_flags(args, ignore=_STATS_ARGS).get("columns", {}))
+    print(json.dumps(dataset_stats(load_dataset(args.dataset, data_dir=args.data_dir, columns=columns.spec())),
+                     indent=2))
     return 0
 
 
@@ -117,18 +134,20 @@ def _retrain(args: argparse.Namespace) -> int:
 
     from service.core.config import Settings
     from training.log_reader import RedisInteractionLog, SqliteInteractionLog
+    from training.quality_gate import GateSettings
     from training.retrain import EXIT_LOCKED, RetrainLocked, retrain, retrain_lock
 
     flags = settings_from_flags(args, ignore=_RETRAIN_ARGS)
     overrides = {k: v for k, v in flags.items() if k not in _RETRAIN_FIXED}
     model_dir = _model_dir(flags.get("model_dir"))
     service = Settings(model_dir=model_dir)  # where the service logs interactions: same settings, same place
+    gate = GateSettings(args.tolerance, args.gate_confidence, args.gate_min_users)
     try:
         with retrain_lock(model_dir, wait=args.wait), logging_redirect_tqdm():
             log = RedisInteractionLog(service.redis_url) if service.redis_url \
                 else SqliteInteractionLog(service.interaction_log_path)
-            outcome = retrain(model_dir, log, overrides=overrides, tolerance=args.tolerance, keep=args.keep,
-                              force=args.force, data_dir=flags.get("data_dir"))
+            outcome = retrain(model_dir, log, overrides=overrides, gate=gate, keep=args.keep, force=args.force,
+                              data_dir=flags.get("data_dir"), alert_after=args.alert_after)
     except RetrainLocked as error:
         print(f"retrain: skipped; {error}")
         return EXIT_LOCKED
@@ -140,6 +159,33 @@ def _rollback(args: argparse.Namespace) -> int:
     from contracts.versions import rollback
 
     print(f"CURRENT -> {rollback(_model_dir(args.model_dir), args.version)}")
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from contracts.artifact import ArtifactError, read_manifest
+    from contracts.versions import list_versions, published_versions, refused_versions, resolve_version
+
+    model_dir = _model_dir(args.model_dir)
+    try:
+        current = resolve_version(model_dir).name
+    except ArtifactError:
+        current = None
+    published, refused = set(published_versions(model_dir)), refused_versions(model_dir)
+    print("valid and test: each version's selection metric (recall@20 by default)")
+    print(f"{'version':<24} {'status':<12} {'method':<12} {'valid':>8} {'test':>8}  note")
+    for version in list_versions(model_dir):
+        status = ("current" if version == current else "published" if version in published
+                  else "refused" if version in refused else "unpublished")
+        try:
+            manifest = read_manifest(model_dir / version)
+        except ArtifactError as error:
+            print(f"{version:<24} {status:<12} {'?':<12} {'':>8} {'':>8}  unreadable: {error}")
+            continue
+        method = manifest.method + (f" {manifest.bits}-bit" if manifest.bits else "")
+        metric = manifest.metrics.selection_metric
+        valid, test = manifest.metrics.valid.get(metric, float("nan")), manifest.metrics.test.get(metric, float("nan"))
+        print(f"{version:<24} {status:<12} {method:<12} {valid:>8.4f} {test:>8.4f}  {refused.get(version, '')}")
     return 0
 
 
@@ -162,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve,
-               "retrain": _retrain, "rollback": _rollback}[args.command]
+               "retrain": _retrain, "rollback": _rollback, "versions": _versions}[args.command]
     try:
         return handler(args)
     except ValidationError as error:

@@ -32,6 +32,8 @@ class DatasetRecord(_Record):
     test_fraction: float = Field(description="per-user test share of a random or temporal split")
     split_label: str = Field(description="the split as made: official, random-80/20 seed=0, temporal-80/20")
     fingerprint: str = Field(description="sha256 of the sizes and the train and test pairs")
+    source_fingerprint: str | None = Field(None, description="the fingerprint of the dataset as loaded, when the "
+                                           "model trained on more (a retrain adds logged interactions); None: same")
     n_users: int
     n_items: int
     n_train: int

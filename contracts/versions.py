@@ -9,10 +9,15 @@ retrain refused by its quality gate) stays on disk for inspection until pruned.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
 
 from contracts.artifact import (
     CURRENT_FILE,
@@ -28,6 +33,19 @@ from contracts.artifact import (
 )
 
 PUBLISHED_FILE = "PUBLISHED"
+REFUSED_FILE = "REFUSED"  # candidates the nightly job's quality gate refused: "<version>\t<reason>" per line
+RETRAIN_STATUS_FILE = "RETRAIN_STATUS.json"
+
+
+class RetrainStatus(BaseModel):
+    """How the last nightly run ended, for operators and the service's metrics."""
+
+    finished_at: datetime
+    outcome: Literal["published", "refused", "skipped"]
+    version: str | None = None
+    pending_interactions: int = 0  # logged and still not in a published model after this run
+    runs_pending: int = 0  # consecutive runs that ended with interactions still pending
+    pending_since: datetime | None = None  # when the first of those runs ended
 
 
 def publish_version(model_dir: Path, version: str) -> None:
@@ -124,16 +142,55 @@ def prune(model_dir: Path, keep: int) -> list[str]:
 
 
 def rollback(model_dir: Path, version: str | None = None) -> str:
-    """Point ``CURRENT`` at ``version`` (default: the version published before the current one), verified.
+    """Point ``CURRENT`` at ``version``, verified; by default at the version that served before the current one
+    was first published, so repeated rollbacks walk further back and never forward again.
 
     Refused candidates were never published, so the default never lands on one.
     """
     current = resolve_version(model_dir).name
     if version is None:
-        earlier = [v for v in published_versions(model_dir) if v != current and (Path(model_dir) / v).is_dir()]
+        history = published_versions(model_dir)
+        before = history[:history.index(current)] if current in history else history
+        earlier = [v for v in dict.fromkeys(reversed(before)) if v != current and (Path(model_dir) / v).is_dir()]
         if not earlier:
-            raise ArtifactError(f"no earlier published version to roll back to in {model_dir}")
-        version = earlier[-1]
+            raise ArtifactError(f"no version served before {current} in {model_dir}: nothing to roll back to")
+        version = earlier[0]
     read_artifact(Path(model_dir) / version)  # refuse to publish a missing or corrupt version
     publish_version(model_dir, version)
     return version
+
+
+def record_refused(model_dir: Path, version: str, reason: str) -> None:
+    """Remember that the quality gate refused ``version`` (``gnaq versions`` shows why)."""
+    with open(Path(model_dir) / REFUSED_FILE, "a", encoding="utf-8") as log:
+        log.write(f"{version}\t{' '.join(reason.split())}\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
+def refused_versions(model_dir: Path) -> dict[str, str]:
+    """Refused candidates and why, by version."""
+    try:
+        lines = (Path(model_dir) / REFUSED_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
+def write_retrain_status(model_dir: Path, status: RetrainStatus) -> None:
+    """Replace the status file atomically."""
+    tmp = Path(model_dir) / f"{TMP_PREFIX}{RETRAIN_STATUS_FILE}-{secrets.token_hex(4)}"
+    try:
+        write_file(tmp, status.model_dump_json(indent=1).encode())
+        os.replace(tmp, Path(model_dir) / RETRAIN_STATUS_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_retrain_status(model_dir: Path) -> RetrainStatus | None:
+    """The last run's status, or None if no run has finished (or the file is unreadable)."""
+    try:
+        return RetrainStatus.model_validate(json.loads((Path(model_dir) / RETRAIN_STATUS_FILE).read_bytes()))
+    except (FileNotFoundError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from model.lightgcn import gather_rows
 from model.quantizers import _MIN_SCALE, EmbeddingQuantizer, QuantizedCodes, gaussian_grid
 
 
@@ -119,7 +120,9 @@ class N2UQQuantizer(EmbeddingQuantizer):
         """``F(x)``: the continuous code position whose rounding is the code (see the class doc)."""
         starts, widths = self._intervals(table)
         interval = torch.bucketize(x.detach(), starts[1:].detach(), right=True)
-        return interval + ((x - starts[interval]) / widths[interval]).clamp(0, 1)
+        bounds = torch.stack([starts, widths], dim=1)  # (levels, 2): one row per interval
+        start, width = gather_rows(bounds, interval).unbind(-1)
+        return interval + ((x - start) / width).clamp(0, 1)
 
     def positions(self, z: Tensor) -> Tensor:
         """``F`` of every value, each table with its own thresholds."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from model.lightgcn import gather_rows
+
 _EXCLUDED = -1e9  # logit of an excluded item in both softmaxes: zero probability, zero KL contribution
 
 
@@ -55,7 +57,7 @@ class ListwiseDistillation:
         cells = self._excluded_cells(chosen)  # built once, applied to both score matrices
 
         def log_softmax(embeddings: Tensor) -> Tensor:
-            logits = embeddings[chosen] @ embeddings[self.n_users:].T / t
+            logits = gather_rows(embeddings, chosen) @ embeddings[self.n_users:].T / t
             if cells is not None:
                 logits = logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
             return torch.log_softmax(logits, dim=1)

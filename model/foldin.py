@@ -23,6 +23,11 @@ import torch
 from model.quantizers import encode_stored, gaussian_grid
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
+# Bits of the rows the service requantizes for users who interacted after training. A user row is a query, never
+# indexed, so it need not match the item codes: at a 2-bit model's own width, requantizing a trained user's vector
+# from scratch loses more than the post adds (docs/method.md, "Users who post after training").
+ROW_BITS = 8
+
 
 def fold_in(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Float32 vector of a user who interacted with ``items`` (indices into ``item_vectors``)."""
@@ -76,22 +81,50 @@ class FoldIn:
         mean = self.item_theta[np.unique(items)].astype(np.float32).mean(axis=0)
         return mean * self.layers / (self.layers + 1)
 
-    def user(self, items: np.ndarray) -> EmbeddingTable:
-        """The user's stored form: a one-row table of the item table's kind."""
-        items = np.unique(np.asarray(items, dtype=np.int64))
+    def _vector(self, items: np.ndarray) -> np.ndarray:
+        """``fold_in`` over the served vectors of ``items`` (unique, checked indices)."""
         n_items = len(self.item_degree)
         if items.size and (items.min() < 0 or items.max() >= n_items):
             raise ValueError(f"item index out of range 0..{n_items - 1}")
-        vector = fold_in(self.item_table.dequantize(items), self.item_degree[items], np.arange(len(items)))
+        return fold_in(self.item_table.dequantize(items), self.item_degree[items], np.arange(len(items)))
+
+    def _stored(self, vector: np.ndarray, items: np.ndarray) -> EmbeddingTable:
+        """``vector`` in the user's stored form: a one-row table of the item table's kind."""
         table = self.item_table
         if not isinstance(table, QuantizedTable):
             return FloatTable(vector.reshape(1, -1))
-        return requantize(vector, bits=int(table.bits), clip=self.clip, dim_scale=table.dim_scale,
+        return requantize(vector, bits=ROW_BITS, clip=self.clip, dim_scale=table.dim_scale,
                           theta=self.neighbour_theta(items))
+
+    def user(self, items: np.ndarray) -> EmbeddingTable:
+        """A user known only from ``items`` (a cold start): its vector rebuilt from them alone."""
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        return self._stored(self._vector(items), items)
+
+    def update(self, trained: np.ndarray, trained_items: np.ndarray, new_items: np.ndarray) -> EmbeddingTable:
+        """A trained user's vector after it interacted with ``new_items``: the trained vector, not a rebuild.
+
+        By the propagation rule a user's first-hop view over ``n`` items, ``sum_i x_i / sqrt(n d_i)``, becomes
+        ``(sqrt(n) f_old + sum_new x_i / sqrt(d_i)) / sqrt(n + m)`` with ``m`` new items. The trained vector
+        stands in for ``f_old`` (rescaled by ``s = |trained| / |f_old|`` to the fold-in's scale), so what training
+        learned beyond the first hop is kept and only the new neighbours are added.
+        """
+        trained_items = np.unique(np.asarray(trained_items, dtype=np.int64))
+        new = np.setdiff1d(np.asarray(new_items, dtype=np.int64), trained_items)
+        everything = np.union1d(trained_items, new)
+        if new.size == 0 or trained_items.size == 0:
+            return self._stored(np.asarray(trained, dtype=np.float32) if new.size == 0 else self._vector(new),
+                                everything)
+        n, m = len(trained_items), len(new)
+        old = self._vector(trained_items)
+        scale = float(np.linalg.norm(trained)) / max(float(np.linalg.norm(old)), 1e-12)
+        added = self._vector(new) * np.sqrt(m)  # sum over the new items of x_i / sqrt(d_i)
+        vector = (np.sqrt(n) * np.asarray(trained, dtype=np.float32) + scale * added) / np.sqrt(n + m)
+        return self._stored(vector.astype(np.float32), everything)
 
     def decode_user(self, payload: bytes) -> EmbeddingTable:
         """A user row from the bytes of ``user(...).row_bytes()``: rows carry the items' per-dimension scale."""
         table = self.item_table
         if not isinstance(table, QuantizedTable):
             return FloatTable.from_row_bytes(payload, table.dim)
-        return QuantizedTable.from_row_bytes(payload, bits=int(table.bits), dim=table.dim, dim_scale=table.dim_scale)
+        return QuantizedTable.from_row_bytes(payload, bits=ROW_BITS, dim=table.dim, dim_scale=table.dim_scale)

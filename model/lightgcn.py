@@ -9,6 +9,15 @@ from model.graph import sparse_matmul
 from model.quantizers import EmbeddingQuantizer
 
 
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` for a 2-D table, with a deterministic backward.
+
+    Indexing's backward adds the gradients of repeated rows in an order that varies with thread timing on a
+    multi-threaded CPU, so two runs of one seed drift apart; ``embedding``'s backward sums them in a fixed order.
+    """
+    return nn.functional.embedding(index, table)
+
+
 class LightGCN(nn.Module):
     """Ego embeddings for every user and item, propagated ``layers`` times and averaged.
 
@@ -66,10 +75,11 @@ class LightGCN(nn.Module):
         """
         neg = neg.reshape(len(users), -1)
         pos_items, neg_items = pos + self.n_users, neg + self.n_users
-        u = final[users]
-        pos_score = (u * final[pos_items]).sum(1, keepdim=True)
-        neg_score = (u.unsqueeze(1) * final[neg_items]).sum(2)
+        u = gather_rows(final, users)
+        pos_score = (u * gather_rows(final, pos_items)).sum(1, keepdim=True)
+        neg_score = (u.unsqueeze(1) * gather_rows(final, neg_items)).sum(2)
         bpr = nn.functional.softplus(neg_score - pos_score).mean()
         ego = self.embedding.weight
-        reg = ego[users].pow(2).sum() + ego[pos_items].pow(2).sum() + ego[neg_items].pow(2).sum() / neg.shape[1]
+        reg = gather_rows(ego, users).pow(2).sum() + gather_rows(ego, pos_items).pow(2).sum() \
+            + gather_rows(ego, neg_items).pow(2).sum() / neg.shape[1]
         return bpr, l2 * reg / (2 * len(users))

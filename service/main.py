@@ -12,7 +12,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import faiss
 import torch
 from fastapi import Depends, FastAPI
 
@@ -22,6 +21,8 @@ from service.core import problems
 from service.core.config import Settings
 from service.core.metrics import Metrics, MetricsMiddleware
 from service.core.problems import Problem
+from service.engine.faiss_build import describe as faiss_build
+from service.engine.faiss_build import faiss
 from service.engine.recommender import Recommender, UnknownItems, UnknownUser
 from service.engine.registry import ModelRegistry, NoModelLoaded, ReloadRefused
 from service.store.base import Store, StoreUnavailable
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         faiss.omp_set_num_threads(settings.search_threads)
         torch.set_num_threads(settings.search_threads)
+        log.info("FAISS %s; %d search thread(s)", faiss_build(), settings.search_threads)
         store = open_store(settings)
         await store.start()
         registry = ModelRegistry(settings.model_dir, settings.index, metrics)

@@ -112,3 +112,25 @@ def test_a_format_2_artifact_still_evaluates_and_retrains(model_dir, redis_url, 
     assert new.config["gnaq"]["clip"] == old.manifest.config["clip"] and new.method == old.manifest.method
     assert new.config["fp32"]["epochs"] == 1 and new.config["bpr"]["batch_size"] == old.manifest.config["batch_size"]
     assert main(["evaluate", str(model_dir)]) == 0
+
+
+def test_data_that_cannot_train_well_is_refused_before_training_with_what_to_do(tmp_path, capsys):
+    headerless_times = tmp_path / "visits.csv"
+    headerless_times.write_text("user,timestamp\n" + "".join(f"u{k % 9},{1_700_000_000 + k}\n" for k in range(50)))
+    assert main(["train", "--dataset", str(headerless_times), "--model-dir", str(tmp_path / "m")]) == 2
+    assert f"{headerless_times}:1: the header names no item column" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("user,item\na,x\na,y\nb,y\nb,z\na,z\n")
+    assert main(["train", "--dataset", str(tiny), "--model-dir", str(tmp_path / "m")]) == 2
+    assert "has 3 items, fewer than the largest cut-off K = 20" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(tiny), "--ks", "1", "--model-dir", str(tmp_path / "m")]) == 2
+    assert "too small to carve a validation split" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").glob("2*"))
+
+
+def test_data_stats_reads_columns_from_flags(tmp_path, capsys):
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,rating,timestamp\n1,10,4,100\n1,11,2,101\n2,10,5,99\n")
+    assert main(["data", "stats", str(ratings), "--min-rating", "3"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["interactions"] == 2 and stats["warnings"] == {"below_min_rating": 1}

@@ -12,7 +12,7 @@ import pytest
 
 from training import datasets
 from training.datasets import NAMED_DATASETS, dataset_stats, default_data_dir, load_dataset
-from training.loaders import DatasetFormatError, read_pairs
+from training.loaders import Columns, DatasetFormatError, read_pairs
 
 SHARED = default_data_dir()
 
@@ -226,3 +226,25 @@ def test_shared_lastfm_drops_the_test_pairs_of_items_unseen_in_train():
     assert len(data.test) == 10_533 - int(unseen.sum())
     assert data.warnings == {"test_pairs_unseen_in_train": int(unseen.sum())}
     assert data.user_ids[0] == "1" and data.item_ids[-1] == "4489"
+
+
+def test_timestamps_read_as_items_are_warned_about_loudly_and_recorded(tmp_path, caplog):
+    path = tmp_path / "log.csv"
+    path.write_text("".join(f"u{k % 7},{1_700_000_000 + k}\n" for k in range(300)))
+    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+        data = load_dataset(str(path))
+    assert data.warnings["items_nearly_one_per_interaction"] == 300
+    assert "Check the item column" in caplog.text and "--item-col" in caplog.text
+
+
+def test_a_minimum_rating_keeps_only_liked_rows_and_counts_the_rest(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating\n" + "".join(f"{u},{i},{(u + i) % 5 + 1}\n"
+                                                        for u in range(20) for i in range(10)))
+    data = load_dataset(str(path), columns=Columns(min_rating=4))
+    assert data.warnings["below_min_rating"] == 120 and len(data.train) + len(data.test) == 80
+
+
+def test_column_settings_are_refused_for_fixed_formats(tmp_path):
+    with pytest.raises(ValueError, match="fixed format"):
+        load_dataset(str(_adjacency_dir(tmp_path, "0 1\n", "0 1\n")), columns=Columns(item="x"))

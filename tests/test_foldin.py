@@ -56,3 +56,27 @@ def test_fold_in_needs_known_items():
         fold_in(np.zeros((3, 4), np.float32), np.ones(3), np.array([], dtype=np.int64))
     with pytest.raises(ValueError, match="out of range"):
         fold_in(np.zeros((3, 4), np.float32), np.ones(3), np.array([3]))
+
+
+def test_a_trained_user_is_updated_from_its_trained_vector_not_rebuilt(trained):
+    artifact = read_current(trained)
+    foldin, users = artifact.foldin(), artifact.user.dequantize()
+    for user in range(200):
+        items = artifact.train.of(user)
+        new = np.setdiff1d(np.arange(5), items)[:1]
+        updated = foldin.update(users[user], items, new).dequantize()[0]
+        # One post nudges the trained vector (direction and scale kept), as opposed to replacing it.
+        cosine = float(updated @ users[user]) / (np.linalg.norm(updated) * np.linalg.norm(users[user]))
+        assert cosine > 0.9 and 0.7 < np.linalg.norm(updated) / np.linalg.norm(users[user]) < 1.3
+
+
+def test_an_update_adds_the_new_items_by_the_propagation_rule():
+    items = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], np.float32)
+    foldin = FoldIn(FloatTable(items), np.array([1.0, 1.0, 4.0]))
+    trained = np.array([2.0, 0.0, 0.0, 1.0], np.float32)  # training learned more than the first hop (dim 3)
+    updated = foldin.update(trained, np.array([0]), np.array([1, 0])).dequantize()[0]
+    # n = 1 trained item, m = 1 new: (sqrt(1) * trained + s * x_1 / sqrt(1)) / sqrt(2), s = |trained| / |x_0|
+    s = np.linalg.norm(trained)
+    np.testing.assert_allclose(updated, (trained + s * items[1]) / np.sqrt(2), rtol=1e-6)
+    unchanged = foldin.update(trained, np.array([0]), np.array([0])).dequantize()[0]
+    np.testing.assert_allclose(unchanged, trained)  # nothing new: the trained vector itself

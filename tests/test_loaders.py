@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.datasets import default_data_dir
-from training.loaders import DatasetFormatError, read_adjacency_lists, read_pairs, read_table
+from training.loaders import Columns, DatasetFormatError, read_adjacency_lists, read_pairs, read_table
 
 GOWALLA_TRAIN = default_data_dir() / "gowalla" / "train.txt"
 
@@ -144,3 +144,43 @@ def test_gowalla_train_is_read_whole():
         pytest.skip(f"shared datasets not present ({GOWALLA_TRAIN})")
     pairs = read_adjacency_lists(GOWALLA_TRAIN)
     assert pairs.shape == (810_128, 2) and pairs.max(axis=0).tolist() == [29_857, 40_980]
+
+
+def test_a_movielens_style_header_is_read_by_name_and_its_rating_kept_out_of_the_timestamps(tmp_path):
+    path = _write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,2.5,101\n2,10,5,99\n")
+    table = read_table(path)
+    assert (table.users, table.items, table.timestamps.tolist()) == (["1", "1", "2"], ["10", "11", "10"],
+                                                                      [100.0, 101.0, 99.0])
+    liked = read_table(path, Columns(min_rating=3.5))
+    assert (liked.users, liked.items, liked.below_min_rating) == (["1", "2"], ["10", "10"], 1)
+
+
+def test_a_header_without_an_item_column_is_refused_with_the_flag_that_fixes_it(tmp_path):
+    path = _write(tmp_path, "log.csv", "user,timestamp\n1,1700000000\n2,1700000001\n")
+    with pytest.raises(DatasetFormatError, match=r"header names no item column \(columns: user, timestamp\).*"
+                                                 r"--item-col") as error:
+        read_table(path)
+    assert error.value.line == 1
+
+
+@pytest.mark.parametrize(("text", "columns", "expected"), [
+    ("who,what,when\na,x,5\n", Columns(user="who", item="what", time="when"), (["a"], ["x"], [5.0])),
+    ("a;1,x,5,9\n", Columns(user="0", item="1", time="3"), (["a;1"], ["x"], [9.0])),
+    ("x,a,3\n", Columns(user="1", item="0"), (["a"], ["x"], None)),
+])
+def test_columns_are_taken_from_the_settings_by_name_or_position(tmp_path, text, columns, expected):
+    table = read_table(_write(tmp_path, "log.csv", text), columns)
+    stamps = None if table.timestamps is None else table.timestamps.tolist()
+    assert (table.users, table.items, stamps) == expected
+
+
+@pytest.mark.parametrize(("text", "columns", "fragment"), [
+    ("a,x,4,100\n", Columns(), r"4 fields and no header row.*--user-col, --item-col, --time-col"),
+    ("a,x\n", Columns(item="movieId"), r"--item-col 'movieId' names a column, but the file has no header"),
+    ("user,item\na,x\n", Columns(item="movieId"), r"--item-col 'movieId': no such column \(columns: user, item\)"),
+    ("user,item\na,x\n", Columns(min_rating=3), r"--min-rating needs a rating column"),
+    ("user,item,rating\na,x,good\n", Columns(min_rating=3), r"rating 'good' is not a finite number"),
+])
+def test_column_settings_that_cannot_apply_are_refused(tmp_path, text, columns, fragment):
+    with pytest.raises(DatasetFormatError, match=fragment):
+        read_table(_write(tmp_path, "log.csv", text), columns)

@@ -47,8 +47,10 @@ def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, mod
                     (artifact.user_ids[0], artifact.item_ids[2])])
     assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("retrain: published") and "3 new interactions" in summary
+    assert summary.startswith("retrain: published") and "3 logged interactions (3 distinct pairs, 3 new)" in summary
     new = resolve_version(model_dir).name
+    assert main(["evaluate", str(model_dir)]) == 0  # a retrained model's recorded test metrics reproduce
+    assert "(recorded" in capsys.readouterr().out
     assert new != old and "night-user" in read_current(model_dir).user_ids
     assert redis.Redis.from_url(redis_url).xlen(STREAM) == 0  # acknowledged and deleted
     deadline = time.monotonic() + 10
@@ -58,9 +60,12 @@ def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, mod
     assert service.get("/recommend/night-user").json()["model_version"] == new
 
     assert main(["retrain", "--model-dir", str(model_dir), *QUICK]) == 0  # nothing new: skipped
-    assert "skipped" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
+        "retrain: skipped; 0 logged interactions (0 distinct pairs, 0 new); ")
     assert main(["rollback", "--model-dir", str(model_dir)]) == 0
     assert resolve_version(model_dir).name == old
+    assert main(["rollback", "--model-dir", str(model_dir)]) == 2  # walks back, never forward again
+    assert "nothing to roll back to" in capsys.readouterr().err and resolve_version(model_dir).name == old
     assert main(["rollback", "nope", "--model-dir", str(model_dir)]) == 2
 
 
@@ -71,9 +76,12 @@ def test_a_worse_model_is_refused_and_nothing_is_consumed(service, model_dir, re
     # A learning rate of 1e-9 leaves the embeddings at their random start: far below the current model.
     assert main(["retrain", "--model-dir", str(model_dir), "--lr", "1e-9", "--qat-lr", "1e-9", *QUICK]) == 3
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("retrain: refused") and "quality gate" in summary
+    assert summary.startswith("retrain: refused") and "quality gate" in summary and "clearly below" in summary
     assert resolve_version(model_dir).name == old
-    assert len(set(list_versions(model_dir)) - set(versions)) == 1  # the refused candidate, kept for inspection
+    (refused,) = set(list_versions(model_dir)) - set(versions)  # the refused candidate, kept for inspection
+    assert main(["versions", "--model-dir", str(model_dir)]) == 0
+    listing = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert listing[refused] == "refused" and listing[old] == "current"
     assert _pending(redis_url) == 1
     assert main(["rollback", "--model-dir", str(model_dir)]) == 2  # the refused candidate was never published
     assert resolve_version(model_dir).name == old

@@ -79,6 +79,17 @@ def test_an_interaction_invalidates_the_cache_and_is_excluded_next(client, model
     assert client.get(f"/recommend/{user}").json()["cached"] is True
 
 
+def test_a_post_nudges_a_known_users_list_instead_of_rebuilding_it(client, model_dir):
+    _, user = _first_user(model_dir)
+    before = client.get(f"/recommend/{user}", params={"k": 20}).json()["items"]
+    top = before[0]["item_id"]
+    assert client.post("/interactions", json={"user_id": user, "item_id": top}, headers=AUTH).status_code == 200
+    after = client.get(f"/recommend/{user}", params={"k": 20}).json()["items"]
+    # The trained vector plus one item: scores keep their scale and most of the list stays.
+    assert 0.7 < after[0]["score"] / before[1]["score"] < 1.3
+    assert len({i["item_id"] for i in after} & {i["item_id"] for i in before[1:]}) >= 10
+
+
 def test_cold_start_user_is_created_by_its_first_interactions(client, model_dir):
     artifact, _ = _first_user(model_dir)
     _assert_problem(client.get("/recommend/brand-new"), 404, "unknown-user")

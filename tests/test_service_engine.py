@@ -1,6 +1,9 @@
 """Service internals: index kinds agree, concurrent misses computed once, user codes round-trip."""
 
 import asyncio
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,7 +62,7 @@ def test_user_codes_round_trip(trained):
     model = ServedModel.load(trained / read_current(trained).version, "codes")
     table = model.foldin.user(np.array([0, 3, 7]))
     np.testing.assert_array_equal(model.foldin.decode_user(table.row_bytes()).dequantize(), table.dequantize())
-    assert len(table.row_bytes()) == 4 + model.dim * 2 // 8
+    assert len(table.row_bytes()) == 4 + model.dim  # 8-bit rows (model.foldin.ROW_BITS) and a float16 pair
 
 
 def test_concurrent_misses_on_one_key_are_computed_once(trained, redis_url):
@@ -81,3 +84,13 @@ def test_concurrent_misses_on_one_key_are_computed_once(trained, redis_url):
     assert len({body.replace(b'"cached":true', b'"cached":false') for body, _ in bodies}) == 1
     searches = metrics.registry.get_sample_value("gnaq_search_duration_seconds_count", {"index": "float"})
     assert searches == 1  # 20 concurrent misses, one search (the smoke query runs outside the recommender)
+
+
+def test_faiss_loads_quietly_and_says_which_build(tmp_path):
+    probe = ("import logging, sys\n"
+             "logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+             "from service.engine.faiss_build import describe\n"
+             "print('build:', describe())\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "ModuleNotFoundError" not in out and "Could not load" not in out
+    assert re.search(r"build: \d+\.\d+\.\d+, \S", out)

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
+from contracts.versions import read_current
 from model.graph import normalized_adjacency
 from model.lightgcn import LightGCN
+from tests.conftest import FAST
 from training.sampling import NegativeSampler
 from training.trainer import FitSettings, WeightAverage, _parameter_groups, fit
 
@@ -113,3 +116,23 @@ def test_after_epoch_runs_after_each_epochs_training_and_before_its_validation(p
     fit(model, adjacency, pairs, sampler, validate, FitSettings(epochs=2, batch_size=64, eval_every=1), stage="fp32",
         rng=rng, progress=False, after_epoch=lambda epoch: events.append(epoch))
     assert events == ["validate", 1, "validate", 2, "validate"]
+
+
+def test_a_seeded_run_is_reproducible_on_several_threads(tmp_path):
+    """Two runs of one seed on two threads write the same codes: every backward sums in a fixed order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for run in ("a", "b"):
+            # d = 64 and 8192 triples a step: large enough for the backward to run on several threads
+            assert main(["train", *FAST, "--dim", "64", "--batch-size", "8192", "--method", "gnaq", "--bits", "2",
+                         "--model-dir", str(tmp_path / run), "--version", "v"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    warm_starts = [torch.load(next((tmp_path / run / ".cache").glob("fp32-*.pt")), weights_only=False)["state"]
+                   for run in ("a", "b")]
+    assert torch.equal(*(state["embedding.weight"] for state in warm_starts))  # bit for bit, not only close
+    first, second = (read_current(tmp_path / run / "v") for run in ("a", "b"))
+    assert first.manifest.metrics == second.manifest.metrics
+    np.testing.assert_array_equal(first.item.codes, second.item.codes)
+    np.testing.assert_array_equal(first.user.scale, second.user.scale)

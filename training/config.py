@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from contracts.manifest import ModelInfo
 from model.quantizers import SUPPORTED_BITS
+from training.loaders import Columns
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
 GNAQ_DISTILL = 1.0
@@ -40,6 +41,22 @@ class Section(BaseModel):
     """A section of the config: its own table in the file, its own group of flags."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ColumnsConfig(Section):
+    """Which columns of a CSV, TSV or .inter file hold what."""
+
+    user: str | None = Field(None, description="user column: its header name, or its 0-based position in a file "
+                             "without a header (unset: found by name: user, user_id, userId, ...)")
+    item: str | None = Field(None, description="item column (unset: item, item_id, movieId, ...)")
+    time: str | None = Field(None, description="timestamp column, numeric (unset: timestamp, time, ...)")
+    rating: str | None = Field(None, description="rating column (unset: rating, score, stars)")
+    min_rating: float | None = Field(None, description="keep only rows rated at least this (unset: every row is an "
+                                     "interaction)")
+
+    def spec(self) -> Columns:
+        """The loader's form."""
+        return Columns(**self.model_dump())
 
 
 class BPRConfig(Section):
@@ -155,6 +172,7 @@ class TrainConfig(BaseModel):
     version: str | None = Field(None, json_schema_extra=_NOT_FP32,
                                 description="version directory name (default: UTC timestamp)")
     progress: bool = Field(True, json_schema_extra=_NOT_FP32, description="progress bars")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     bpr: BPRConfig = Field(default_factory=BPRConfig)
     fp32: FP32Schedule = Field(default_factory=FP32Schedule)
     qat: QATSchedule = Field(default_factory=QATSchedule, json_schema_extra=_NOT_FP32)

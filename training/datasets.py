@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from training.interactions import Interactions
-from training.loaders import DatasetFormatError, read_adjacency_lists, read_pairs, read_table
+from training.loaders import DEFAULT_COLUMNS, Columns, DatasetFormatError, read_adjacency_lists, read_pairs, read_table
 from training.splits import random_split, temporal_split
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,10 @@ def _from_official(name: str, spec: NamedDataset, files: list[Path], split: str,
                         [str(i + offset) for i in range(n_items)], label, warnings)
 
 
-def _from_table(name: str, file: Path, split: str, test_fraction: float, seed: int) -> Interactions:
+def _from_table(name: str, file: Path, split: str, test_fraction: float, seed: int,
+                columns: Columns) -> Interactions:
     """String-id rows: indices in order of first appearance; split here (no official split exists)."""
-    table = read_table(file)
+    table = read_table(file, columns)
     user_index: dict[str, int] = {}
     item_index: dict[str, int] = {}
     users = np.fromiter((user_index.setdefault(u, len(user_index)) for u in table.users), np.int64, len(table.users))
@@ -169,7 +170,10 @@ def _from_table(name: str, file: Path, split: str, test_fraction: float, seed: i
     first = np.sort(_first_occurrences(np.stack([users, items], axis=1), len(item_index)))  # file order
     pairs = np.stack([users[first], items[first]], axis=1)
     warnings: dict[str, int] = {}
+    _count(warnings, "below_min_rating", table.below_min_rating, file,
+           f"rows with a rating below {columns.min_rating}")
     _count(warnings, "duplicate_pairs", len(users) - len(pairs), file, "duplicate pairs (kept the first)")
+    _warn_if_items_look_unique(file, len(item_index), len(pairs), warnings)
     if split == "temporal":
         if table.timestamps is None:
             raise ValueError(f"{file}: a temporal split needs a timestamp column, which this file lacks")
@@ -182,15 +186,25 @@ def _from_table(name: str, file: Path, split: str, test_fraction: float, seed: i
                         label, warnings)
 
 
+def _warn_if_items_look_unique(file: Path, n_items: int, n_pairs: int, warnings: dict[str, int]) -> None:
+    """Nearly one item per interaction is what a timestamp or row-id column read as items looks like."""
+    if n_pairs >= 100 and n_items >= 0.9 * n_pairs:
+        warnings["items_nearly_one_per_interaction"] = n_items
+        log.warning("%s: %d distinct items in %d interactions: nearly every interaction has an item of its own, "
+                    "which is what timestamps or row ids read as items look like. Check the item column: name it "
+                    "in a header row (item, item_id, movieId, ...) or pass --item-col NAME.", file, n_items, n_pairs)
+
+
 def load_dataset(name_or_path: str, *, data_dir: str | None = None, split: str = "auto",
-                 test_fraction: float = 0.2, seed: int = 0) -> Interactions:
+                 test_fraction: float = 0.2, seed: int = 0, columns: Columns = DEFAULT_COLUMNS) -> Interactions:
     """Load a registered dataset or a path and split it.
 
     ``split``: ``"auto"`` keeps an official train/test split where the dataset has one, else splits at random;
     ``"random"`` splits per user at random (official datasets are re-split from train + test together);
     ``"temporal"`` puts each user's latest interactions in test and needs timestamps.  Duplicate pairs are
     dropped; of an official test set, pairs already in train or with a user/item never seen in train are
-    dropped as well.  Each skip is counted in ``warnings`` and logged.
+    dropped as well.  Each skip is counted in ``warnings`` and logged. ``columns`` says how a table file's
+    columns are read (named datasets and adjacency lists have fixed formats and refuse it).
     """
     if split not in ("auto", "random", "temporal"):
         raise ValueError(f"split must be 'auto', 'random' or 'temporal', got {split!r}")
@@ -202,7 +216,10 @@ def load_dataset(name_or_path: str, *, data_dir: str | None = None, split: str =
     else:
         spec, files = _path_spec(name_or_path)
     if spec.fmt == "table":
-        return _from_table(name_or_path, files[0], split, test_fraction, seed)
+        return _from_table(name_or_path, files[0], split, test_fraction, seed, columns)
+    if columns != DEFAULT_COLUMNS:
+        raise ValueError(f"{name_or_path!r} has a fixed format: column settings (--user-col, --item-col, --time-col, "
+                         "--rating-col, --min-rating) apply to CSV/TSV/.inter files only")
     return _from_official(name_or_path, spec, files, split, test_fraction, seed)
 
 

@@ -49,10 +49,9 @@ def _dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device: torch.device) -
 
 
 @torch.no_grad()
-def evaluate_ranking(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr_matrix,
-                     relevant: sp.csr_matrix, ks: Sequence[int] = (10, 20),
-                     block_entries: int = SCORE_BLOCK_ENTRIES) -> dict[str, float]:
-    """Mean Recall@K / NDCG@K over users with at least one relevant item.
+def user_metrics(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+                 ks: Sequence[int] = (10, 20), block_entries: int = SCORE_BLOCK_ENTRIES) -> dict[str, np.ndarray]:
+    """Recall@K / NDCG@K of every user with at least one relevant item (float64, one value per such user).
 
     Scores are inner products of ``user_vectors`` and ``item_vectors`` over all items; the items in
     ``exclude`` (the user's training items) are masked out. Users are processed in blocks so that
@@ -68,7 +67,7 @@ def evaluate_ranking(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr
     if len(users) == 0:
         raise ValueError("no user has a relevant item: nothing to evaluate")
     block = max(1, block_entries // n_items)
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg")}
+    parts: dict[str, list[np.ndarray]] = {f"{name}@{k}": [] for k in ks for name in ("recall", "ndcg")}
     for start in range(0, len(users), block):
         rows = users[start:start + block]
         scores = user_vectors[torch.from_numpy(rows).to(device)] @ item_vectors.T
@@ -77,5 +76,13 @@ def evaluate_ranking(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr
         hits = _dense_rows(relevant, rows, device).gather(1, top)
         n_relevant = torch.from_numpy(n_relevant_all[rows]).to(device)
         for name, values in metrics_from_hits(hits.cpu(), n_relevant.cpu(), ks).items():
-            sums[name] += float(values.sum())
-    return {name: total / len(users) for name, total in sums.items()}
+            parts[name].append(values.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def evaluate_ranking(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr_matrix,
+                     relevant: sp.csr_matrix, ks: Sequence[int] = (10, 20),
+                     block_entries: int = SCORE_BLOCK_ENTRIES) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K over users with at least one relevant item (``user_metrics``, averaged)."""
+    per_user = user_metrics(user_vectors, item_vectors, exclude, relevant, ks, block_entries)
+    return {name: float(values.sum()) / len(values) for name, values in per_user.items()}

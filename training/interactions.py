@@ -16,7 +16,8 @@ class Interactions:
     ``user_ids`` / ``item_ids`` map an index back to the external id (string form); they travel with
     the model so that the service can translate requests.  ``split`` describes how train and test were
     obtained (``"official"``, ``"random-80/20 seed=0"``, ``"temporal-80/20"``), ``warnings`` counts what a
-    loader skipped on purpose (documented behaviour), keyed by reason.
+    loader skipped on purpose (documented behaviour), keyed by reason. ``source_fingerprint`` is the fingerprint
+    of the dataset as loaded, when these interactions add to it (a retrain's merged data); None: they are it.
     """
 
     name: str
@@ -28,6 +29,7 @@ class Interactions:
     item_ids: list[str]
     split: str
     warnings: dict[str, int] = field(default_factory=dict)
+    source_fingerprint: str | None = None
 
     @property
     def n_interactions(self) -> int:
@@ -45,3 +47,12 @@ class Interactions:
             digest.update(np.ascontiguousarray(pairs, dtype=np.int64).tobytes())
             digest.update(b";")
         return digest.hexdigest()
+
+
+def reindex(pairs: np.ndarray, from_users: list[str], from_items: list[str], to_users: dict[str, int],
+            to_items: dict[str, int]) -> np.ndarray:
+    """``(user, item)`` index pairs of one id space in another, matched by external id; pairs whose user or item
+    the other space lacks are dropped."""
+    kept = [(to_users[from_users[u]], to_items[from_items[i]]) for u, i in pairs
+            if from_users[u] in to_users and from_items[i] in to_items]
+    return np.array(kept, dtype=np.int64).reshape(-1, 2)

@@ -29,7 +29,7 @@ from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 from training.config import Schedule, TrainConfig
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
-from training.interactions import Interactions
+from training.interactions import Interactions, reindex
 from training.plots import training_curve_png
 from training.sampling import NegativeSampler
 from training.splits import validation_split, without_pairs
@@ -61,20 +61,40 @@ class TrainResult:
     manifest: Manifest
 
 
+def load_data(config: TrainConfig, data_dir: str | None = None) -> Interactions:
+    """The dataset as ``config`` names it (``data_dir`` overrides where named datasets lie): source, columns, split."""
+    return load_dataset(config.dataset, data_dir=data_dir or config.data_dir, split=config.split,
+                        test_fraction=config.test_fraction, seed=config.seed, columns=config.columns.spec())
+
+
 def prepare(config: TrainConfig, data: Interactions | None = None,
             valid_pairs: np.ndarray | None = None) -> Workspace:
     """Load the dataset (unless given), carve the validation split (unless given), build the graph."""
     torch.manual_seed(config.seed)
     if data is None:
-        data = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split,
-                            test_fraction=config.test_fraction, seed=config.seed)
+        data = load_data(config)
     if valid_pairs is None:
         fit_pairs, valid_pairs = validation_split(data.train, fraction=config.valid_fraction, seed=config.seed)
     else:  # e.g. retraining: validate on exactly the pairs the current model was validated on
         fit_pairs = without_pairs(data.train, valid_pairs)
+    _check_size(config, data, valid_pairs)
     device = torch.device(config.device)
     adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
     return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)
+
+
+def _check_size(config: TrainConfig, data: Interactions, valid_pairs: np.ndarray) -> None:
+    """Refuse, with what to do, data too small for the configured evaluation before any training."""
+    if max(config.ks) > data.n_items:
+        raise ValueError(f"dataset {data.name!r} has {data.n_items} items, fewer than the largest cut-off K = "
+                         f"{max(config.ks)} of --ks {' '.join(map(str, config.ks))}: pass smaller cut-offs, e.g. "
+                         f"--ks {max(1, data.n_items // 2)}")
+    if len(valid_pairs) == 0 or len(data.test) == 0:
+        empty = "validation" if len(valid_pairs) == 0 else "test"
+        raise ValueError(f"dataset {data.name!r} ({data.n_users} users, {len(data.train)} training pairs) is too "
+                         f"small to carve a {empty} split: each user keeps at least one training interaction, and "
+                         f"round(n x fraction) of n interactions is 0 below 1 / (2 x fraction); raise "
+                         f"--{'valid' if empty == 'validation' else 'test'}-fraction or bring more interactions")
 
 
 def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[EmbeddingTable, EmbeddingTable]:
@@ -207,7 +227,8 @@ def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None
 def _dataset_record(ws: Workspace) -> DatasetRecord:
     data, c = ws.data, ws.config
     return DatasetRecord(name=data.name, data_dir=c.data_dir, split=c.split, test_fraction=c.test_fraction,
-                         split_label=data.split, fingerprint=data.fingerprint(), n_users=data.n_users,
+                         split_label=data.split, fingerprint=data.fingerprint(),
+                         source_fingerprint=data.source_fingerprint, n_users=data.n_users,
                          n_items=data.n_items, n_train=len(data.train), n_test=len(data.test),
                          n_fit=len(ws.fit_pairs), n_valid=len(ws.valid_pairs), warnings=data.warnings)
 
@@ -285,18 +306,26 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
 
 def evaluate_artifact(artifact: ModelArtifact, dataset: str | None = None, data_dir: str | None = None,
                       device: str = "cpu") -> dict[str, float]:
-    """Recompute the test metrics of a loaded artifact from its own tables and the dataset's test split.
+    """Recompute the test metrics of a loaded artifact from its own tables and its dataset's test split.
 
-    The dataset is reloaded with the split settings recorded in the manifest; a different fingerprint
-    means other data than the model was trained on, which is an error rather than a silent mismatch.
+    The dataset is reloaded as the manifest records it (``dataset`` and ``data_dir`` may say where it lies now);
+    a different fingerprint means other data than the model was trained on, which is an error rather than a
+    silent mismatch. A retrained model added logged interactions to its dataset: its test pairs are the
+    dataset's, matched into the model's ids by external id, less any pair the model trained on.
     """
-    record, config = artifact.manifest.dataset, TrainConfig.from_manifest(artifact.manifest)
-    name = dataset or record.name
-    data = load_dataset(name, data_dir=data_dir or record.data_dir, split=record.split,
-                        test_fraction=record.test_fraction, seed=artifact.manifest.seed)
-    if data.fingerprint() != record.fingerprint:
-        raise ValueError(f"dataset {name!r} is not the data this model was trained on "
-                         f"(fingerprint {data.fingerprint()[:12]} != {record.fingerprint[:12]})")
-    exclude = pairs_to_csr(artifact.train.pairs(), data.n_users, data.n_items)
-    return rank_tables(artifact.user, artifact.item, exclude, pairs_to_csr(data.test, data.n_users, data.n_items),
-                       config.ks, torch.device(device))
+    manifest = artifact.manifest
+    record = manifest.dataset
+    config = TrainConfig.from_manifest(manifest, **({"dataset": dataset} if dataset else {}))
+    data = load_data(config, data_dir)
+    expected = record.source_fingerprint or record.fingerprint
+    if data.fingerprint() != expected:
+        raise ValueError(f"dataset {config.dataset!r} is not the data this model was trained on (fingerprint "
+                         f"{data.fingerprint()[:12]} != {expected[:12]}); pass the file or named dataset it was "
+                         f"trained on with --dataset, and --data-dir for a named one")
+    users = {u: i for i, u in enumerate(artifact.user_ids)}
+    items = {v: i for i, v in enumerate(artifact.item_ids)}
+    train = artifact.train.pairs()
+    test = without_pairs(reindex(data.test, data.user_ids, data.item_ids, users, items), train)
+    n_users, n_items = len(users), len(items)
+    return rank_tables(artifact.user, artifact.item, pairs_to_csr(train, n_users, n_items),
+                       pairs_to_csr(test, n_users, n_items), config.ks, torch.device(device))

@@ -6,12 +6,19 @@
    split is the base dataset's, as recorded in the current manifest.
 3. The candidate is validated on the current model's own validation pairs (stored in its artifact,
    which neither model trained on), and the current model is scored on the same pairs with the same
-   masking: the candidate is published only if its Recall@20 is at least ``1 - tolerance`` times the
-   current one's. A refused candidate stays on disk, unpublished, for inspection.
+   masking: the candidate is refused only if its Recall@20 is clearly below ``1 - tolerance`` times the
+   current one's (``training.quality_gate``). A refused candidate stays on disk, unpublished, for inspection,
+   and is listed with its reason by ``gnaq versions``.
 4. Publishing flips ``CURRENT`` atomically (the service hot-reloads it); only then are the consumed
    log entries acknowledged, so a failed or killed run leaves them pending for the next one, and a
    re-read entry is already in the published training data (pairs are deduplicated). Old versions
    beyond ``keep`` are pruned; ``gnaq rollback`` flips ``CURRENT`` back.
+5. Every run that does not skip writes ``RETRAIN_STATUS.json`` (the service exports it as metrics); once
+   interactions have stayed pending for ``alert_after`` runs in a row, the run says so in a warning.
+
+A logged interaction is one event; training data is a set of (user, item) pairs, so an event whose pair the
+model already has, or that repeats another event, adds nothing: the summary counts events, distinct pairs and
+pairs new to the training data.
 """
 
 from __future__ import annotations
@@ -22,20 +29,29 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from contracts.artifact import CURRENT_FILE, ArtifactError, ModelArtifact
+from contracts.artifact import CURRENT_FILE, ArtifactError, ModelArtifact, read_artifact
 from contracts.interaction_log import LoggedInteraction
-from contracts.versions import prune, publish_version, read_current
+from contracts.versions import (
+    RetrainStatus,
+    prune,
+    publish_version,
+    read_current,
+    read_retrain_status,
+    record_refused,
+    write_retrain_status,
+)
 from training.config import TrainConfig
-from training.datasets import load_dataset
-from training.evaluate import pairs_to_csr
-from training.interactions import Interactions
+from training.evaluate import pairs_to_csr, user_metrics
+from training.interactions import Interactions, reindex
 from training.log_reader import InteractionLog
-from training.pipeline import rank_tables, run_training
+from training.pipeline import load_data, run_training
+from training.quality_gate import GateSettings, Verdict, judge
 from training.splits import without_pairs
 
 log = logging.getLogger(__name__)
@@ -49,27 +65,37 @@ class RetrainLocked(RuntimeError):
 
 
 @dataclass(frozen=True)
+class NewData:
+    """What the pending log entries add: events, their distinct pairs, and the pairs the model did not have."""
+
+    events: int
+    distinct_pairs: int
+    new_pairs: int
+
+    def __str__(self) -> str:
+        return f"{self.events} logged interactions ({self.distinct_pairs} distinct pairs, {self.new_pairs} new)"
+
+
+@dataclass(frozen=True)
 class RetrainOutcome:
     """What a run did, for the one-line cron summary and the exit code."""
 
-    published: bool
+    state: str  # "published", "refused" or "skipped"
     version: str | None
     reason: str
-    new_interactions: int
-    candidate: float | None = None
-    current: float | None = None
+    new: NewData
+    verdict: Verdict | None = None
     seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PUBLISHED if self.published or self.version is None else EXIT_REFUSED
+        return EXIT_REFUSED if self.state == "refused" else EXIT_PUBLISHED
 
     def summary(self) -> str:
-        state = "published" if self.published else ("refused" if self.version else "skipped")
-        scores = "" if self.candidate is None else \
-            f" valid {GATE_METRIC} {self.candidate:.4f} vs current {self.current:.4f};"
-        return (f"retrain: {state} {self.version or '-'};{scores} {self.new_interactions} new interactions; "
-                f"{self.seconds:.1f} s; {self.reason}")
+        version = f" {self.version}" if self.version else ""
+        scores = "" if self.verdict is None else \
+            f" valid {GATE_METRIC} {self.verdict.candidate:.4f} vs current {self.verdict.current:.4f};"
+        return f"retrain: {self.state}{version};{scores} {self.new}; {self.seconds:.1f} s; {self.reason}"
 
 
 @contextmanager
@@ -96,52 +122,77 @@ def merge(current: ModelArtifact, base: Interactions,
                 ids.append(key)
     added = np.array([(users[e.user_id], items[e.item_id]) for e in new], dtype=np.int64).reshape(-1, 2)
     train = np.unique(np.concatenate([current.train.pairs(), added]), axis=0)
-    test = [(users[base.user_ids[u]], items[base.item_ids[i]]) for u, i in base.test
-            if base.user_ids[u] in users and base.item_ids[i] in items]
-    test = np.array(test, dtype=np.int64).reshape(-1, 2)
-    test = without_pairs(test, train)
+    test = without_pairs(reindex(base.test, base.user_ids, base.item_ids, users, items), train)
     data = Interactions(name=base.name, n_users=len(user_ids), n_items=len(item_ids), train=train, test=test,
-                        user_ids=user_ids, item_ids=item_ids, split=base.split, warnings=dict(base.warnings))
+                        user_ids=user_ids, item_ids=item_ids, split=base.split, warnings=dict(base.warnings),
+                        source_fingerprint=base.source_fingerprint or base.fingerprint())
     if "valid_pairs" not in current.arrays:
         raise ArtifactError(f"version {current.version} stores no validation pairs "
                             "(trained before retraining existed): retrain cannot gate against it fairly")
     return data, current.arrays["valid_pairs"].astype(np.int64)
 
 
-def current_score(current: ModelArtifact, fit_pairs: np.ndarray, valid_pairs: np.ndarray) -> float:
-    """The current model's validation metric on the candidate's validation pairs, masked the same way."""
-    n_users, n_items = len(current.user_ids), len(current.item_ids)
+def validation_scores(model: ModelArtifact, fit_pairs: np.ndarray, valid_pairs: np.ndarray) -> np.ndarray:
+    """Per-user gate metric of ``model`` on ``valid_pairs`` (users in index order), its known fit pairs masked."""
+    n_users, n_items = len(model.user_ids), len(model.item_ids)
     known = (fit_pairs[:, 0] < n_users) & (fit_pairs[:, 1] < n_items)
     exclude, relevant = pairs_to_csr(fit_pairs[known], n_users, n_items), pairs_to_csr(valid_pairs, n_users, n_items)
-    return rank_tables(current.user, current.item, exclude, relevant, [20], torch.device("cpu"))[GATE_METRIC]
+    vectors = (torch.from_numpy(t.dequantize()) for t in (model.user, model.item))
+    return user_metrics(*vectors, exclude, relevant, [20])[GATE_METRIC]
 
 
-def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict, tolerance: float,
-            keep: int, force: bool = False, data_dir: str | None = None) -> RetrainOutcome:
+def new_data(current: ModelArtifact, pending: list[LoggedInteraction]) -> NewData:
+    """Count the pending events, their distinct pairs and the pairs the current model did not train on."""
+    distinct = {(e.user_id, e.item_id) for e in pending}
+    users, items = {u: i for i, u in enumerate(current.user_ids)}, {v: i for i, v in enumerate(current.item_ids)}
+    known = sum(1 for u, i in distinct if u in users and i in items and
+                np.isin(items[i], current.train.of(users[u])).item())
+    return NewData(len(pending), len(distinct), len(distinct) - known)
+
+
+def _status(model_dir: Path, state: str, version: str | None, still_pending: int, alert_after: int) -> None:
+    """Write how the run ended; warn once interactions have waited ``alert_after`` runs or more."""
+    previous = read_retrain_status(model_dir)
+    now = datetime.now(UTC)
+    waiting = still_pending > 0 and previous is not None and previous.pending_interactions > 0
+    runs = previous.runs_pending + 1 if waiting else int(still_pending > 0)
+    since = (previous.pending_since or previous.finished_at) if waiting else (now if still_pending else None)
+    write_retrain_status(model_dir, RetrainStatus(finished_at=now, outcome=state, version=version,
+                                                  pending_interactions=still_pending, runs_pending=runs,
+                                                  pending_since=since))
+    if runs >= alert_after:
+        log.warning("%d logged interactions have been pending for %d retrain runs (since %s): the quality gate "
+                    "keeps refusing; see `gnaq versions` for why", still_pending, runs, since.isoformat())
+
+
+def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict, gate: GateSettings, keep: int,
+            force: bool = False, data_dir: str | None = None, alert_after: int = 3) -> RetrainOutcome:
     """One run (the caller holds the lock): see the module docstring."""
     started = time.perf_counter()
     current = read_current(model_dir)
     pending = interaction_log.pending()
+    added = new_data(current, pending)
     if not pending and not force:
-        return RetrainOutcome(False, None, "nothing new to train on", 0, seconds=time.perf_counter() - started)
-    record = current.manifest.dataset
-    base = load_dataset(record.name, data_dir=data_dir or record.data_dir, split=record.split,
-                        test_fraction=record.test_fraction, seed=current.manifest.seed)
-    data, valid_pairs = merge(current, base, pending)
+        return RetrainOutcome("skipped", None, "nothing new to train on", added,
+                              seconds=time.perf_counter() - started)
     config = TrainConfig.from_manifest(current.manifest, **{**overrides, "model_dir": str(model_dir),
                                                              "publish": False, "progress": False})
+    data, valid_pairs = merge(current, load_data(config, data_dir), pending)
     result = run_training(config, data=data, valid_pairs=valid_pairs)
-    candidate = result.manifest.metrics.valid[GATE_METRIC]
-    baseline = current_score(current, without_pairs(data.train, valid_pairs), valid_pairs)
+    fit_pairs = without_pairs(data.train, valid_pairs)
+    verdict = judge(validation_scores(read_artifact(result.path), fit_pairs, valid_pairs),
+                    validation_scores(current, fit_pairs, valid_pairs), gate)
     version = result.path.name
-    if candidate < (1 - tolerance) * baseline:
-        reason = (f"quality gate: {candidate:.4f} < (1 - {tolerance}) x {baseline:.4f}; kept unpublished in "
-                  f"{result.path}, {len(pending)} interactions stay pending")
-        return RetrainOutcome(False, version, reason, len(pending), candidate, baseline,
-                              time.perf_counter() - started)
+    if not verdict.passed:
+        reason = f"quality gate: {verdict.reason}; kept unpublished in {result.path}, the interactions stay pending"
+        record_refused(model_dir, version, verdict.reason)
+        _status(model_dir, "refused", version, len(pending), alert_after)
+        return RetrainOutcome("refused", version, reason, added, verdict, time.perf_counter() - started)
     publish_version(model_dir, version)
     interaction_log.ack(pending)
     pruned = prune(model_dir, keep)
-    reason = f"{CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned else "")
-    return RetrainOutcome(True, version, reason, len(pending), candidate, baseline, time.perf_counter() - started)
+    _status(model_dir, "published", version, 0, alert_after)
+    reason = f"gate: {verdict.reason}; {CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned
+                                                                        else "")
+    return RetrainOutcome("published", version, reason, added, verdict, time.perf_counter() - started)
 

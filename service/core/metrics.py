@@ -7,6 +7,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts.versions import RetrainStatus
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -31,6 +33,19 @@ class Metrics:
                                     registry=r)
         self.store_errors = Counter("gnaq_store_unavailable_total", "store calls that failed or were skipped",
                                     ["operation"], registry=r)
+        self.retrain_pending = Gauge("gnaq_retrain_pending_interactions", "logged interactions still not in a "
+                                     "published model after the last nightly run", registry=r)
+        self.retrain_runs_pending = Gauge("gnaq_retrain_runs_pending", "consecutive nightly runs that ended with "
+                                          "interactions pending (alert on a high value)", registry=r)
+        self.retrain_finished = Gauge("gnaq_retrain_last_run_timestamp_seconds", "when the last nightly run ended",
+                                      registry=r)
+
+    def show_retrain(self, status: RetrainStatus | None) -> None:
+        """The last nightly run as ``RETRAIN_STATUS.json`` records it (nothing before the first run)."""
+        if status is not None:
+            self.retrain_pending.set(status.pending_interactions)
+            self.retrain_runs_pending.set(status.runs_pending)
+            self.retrain_finished.set(status.finished_at.timestamp())
 
     def show_model(self, version: str, method: str, bits: object, index: str) -> None:
         """Make ``version`` the only series of ``gnaq_model_info``."""

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import faiss
 import numpy as np
 
 from model.tables import EmbeddingTable, QuantizedTable
+from service.engine.faiss_build import faiss
 
 
 class ItemIndex(Protocol):

@@ -127,18 +127,24 @@ class Recommender:
             self.metrics.store_errors.labels("load_user").inc()
             return self._trained_only(model, user_id)
         exclude = self._all_items(model, user_id, state)
-        if len(exclude) == 0:  # posted only items this model does not know
-            return self._trained_only(model, user_id)
+        row = model.users.get(user_id)
+        if len(exclude) == 0 or (row is not None and len(exclude) == len(model.trained_items(row))):
+            return self._trained_only(model, user_id)  # posted nothing this model does not already have
         if codes is not None and codes[0] == state.generation:
             return model.foldin.decode_user(codes[1]).dequantize()[0], exclude
-        table = await self._requantize(model, user_id, state.generation, exclude)
+        table = await self._requantize(model, user_id, state)
         return table.dequantize()[0], exclude
 
-    async def _requantize(self, model: ServedModel, user_id: str, generation: int,
-                          items: np.ndarray) -> EmbeddingTable:
-        """Fold the user in from ``items`` and store its codes for ``generation`` (best effort: a failed
-        store only means the next read recomputes them)."""
-        table = model.foldin.user(items)
+    async def _requantize(self, model: ServedModel, user_id: str, state: UserState) -> EmbeddingTable:
+        """The user's vector after its posts, stored for its generation (best effort: a failed store only means the
+        next read recomputes it). A trained user keeps its trained vector plus its new items (``FoldIn.update``);
+        a user the model never saw is folded in from its posted items alone."""
+        row, posted = model.users.get(user_id), model.item_rows(state.items)
+        if row is None:
+            table = model.foldin.user(posted)
+        else:
+            table = model.foldin.update(model.user_vector(row), model.trained_items(row), posted)
+        generation = state.generation
         try:
             await self.store.save_user_codes(user_id, model.version, generation, table.row_bytes())
         except StoreUnavailable:
@@ -185,6 +191,6 @@ class Recommender:
         self.metrics.interactions.inc(len(events))
         updates, posted = [], Counter(e.user_id for e in events)
         for user_id, state in states.items():
-            await self._requantize(model, user_id, state.generation, self._all_items(model, user_id, state))
+            await self._requantize(model, user_id, state)
             updates.append(UserUpdate(user_id, state.generation, user_id not in model.users, posted[user_id]))
         return model.version, updates

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.versions import read_retrain_status
 from service.api.deps import RecommenderDep, RegistryDep
 from service.api.schemas import Liveness, Readiness, StoreHealth
 
@@ -29,5 +30,7 @@ async def readyz(registry: RegistryDep, recommender: RecommenderDep) -> Readines
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition of this process's metrics."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus exposition of this process's metrics, and of the last nightly run."""
+    metrics = request.app.state.metrics
+    metrics.show_retrain(read_retrain_status(request.app.state.settings.model_dir))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
