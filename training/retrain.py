@@ -12,6 +12,9 @@
    log entries acknowledged, so a failed or killed run leaves them pending for the next one, and a
    re-read entry is already in the published training data (pairs are deduplicated). Old versions
    beyond ``keep`` are pruned; ``gnaq rollback`` flips ``CURRENT`` back.
+
+An event logged twice (a client's retry, see ``contracts.interaction_log``) is counted and trained on once;
+its repeats are acknowledged with it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from contracts.artifact import CURRENT_FILE, ArtifactError, ModelArtifact
-from contracts.interaction_log import LoggedInteraction
+from contracts.interaction_log import LoggedInteraction, first_of_each_event
 from contracts.versions import prune, publish_version, read_current
 from training.config import TrainConfig
 from training.datasets import load_dataset
@@ -122,12 +125,13 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     started = time.perf_counter()
     current = read_current(model_dir)
     pending = interaction_log.pending()
+    new = first_of_each_event(pending)
     if not pending and not force:
         return RetrainOutcome(False, None, "nothing new to train on", 0, seconds=time.perf_counter() - started)
     record = current.manifest.dataset
     base = load_dataset(record.name, data_dir=data_dir or record.data_dir, split=record.split,
                         test_fraction=record.test_fraction, seed=current.manifest.seed)
-    data, valid_pairs = merge(current, base, pending)
+    data, valid_pairs = merge(current, base, new)
     config = TrainConfig.from_manifest(current.manifest, **{**overrides, "model_dir": str(model_dir),
                                                              "publish": False, "progress": False})
     result = run_training(config, data=data, valid_pairs=valid_pairs)
@@ -136,12 +140,14 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     version = result.path.name
     if candidate < (1 - tolerance) * baseline:
         reason = (f"quality gate: {candidate:.4f} < (1 - {tolerance}) x {baseline:.4f}; kept unpublished in "
-                  f"{result.path}, {len(pending)} interactions stay pending")
-        return RetrainOutcome(False, version, reason, len(pending), candidate, baseline,
+                  f"{result.path}, {len(pending)} log entries stay pending")
+        return RetrainOutcome(False, version, reason, len(new), candidate, baseline,
                               time.perf_counter() - started)
     publish_version(model_dir, version)
     interaction_log.ack(pending)
     pruned = prune(model_dir, keep)
     reason = f"{CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned else "")
-    return RetrainOutcome(True, version, reason, len(pending), candidate, baseline, time.perf_counter() - started)
+    if len(new) < len(pending):
+        reason += f"; {len(pending) - len(new)} repeated events dropped"
+    return RetrainOutcome(True, version, reason, len(new), candidate, baseline, time.perf_counter() - started)
 
