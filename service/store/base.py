@@ -42,10 +42,6 @@ class StoreUnavailable(RuntimeError):
 class KeyReused(ValueError):
     """A post's key was already recorded for different content."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
 
 @dataclass(frozen=True)
 class Post:
