@@ -119,31 +119,37 @@ def writes(model_dir: Path, posts: int, clients: int) -> list[dict]:
 
 
 async def _read_load(url: str, users: list[str], clients: int, phases: list[tuple[str, object, float]]) -> dict:
-    """Readers run through ``phases`` (name, action at its start, seconds); results by phase of request start."""
-    results: dict[str, list[tuple[int, float, str]]] = {name: [] for name, _, _ in phases}
-    phase = phases[0][0]
+    """Readers run through ``phases`` (name, action at its start, seconds). A request belongs to the phase in
+    which it was answered: (status, latency, user, seconds from the end of the phase's action to its start)."""
+    replies: list[tuple[int, float, float, str]] = []  # status, started, answered, user
+    bounds: list[tuple[str, float, float]] = []  # name, action started, action done
     done = False
 
     async def reader(client: httpx.AsyncClient, offset: int) -> None:
         n = offset
         while not done:
             user, n = users[n % len(users)], n + clients
-            current, started = phase, time.monotonic()
+            started = time.monotonic()
             try:
                 status = (await client.get(f"/recommend/{user}")).status_code
             except httpx.HTTPError:
                 status = 0
-            results[current].append((status, time.monotonic() - started, user))
+            replies.append((status, started, time.monotonic(), user))
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         tasks = [asyncio.create_task(reader(client, i)) for i in range(clients)]
         for name, action, seconds in phases:
-            phase = name
+            began = time.monotonic()
             if action is not None:
                 await asyncio.to_thread(action)
+            bounds.append((name, began, time.monotonic()))
             await asyncio.sleep(seconds)
         done = True
         await asyncio.gather(*tasks)
+    results: dict[str, list[tuple[int, float, str, float]]] = {name: [] for name, _, _ in bounds}
+    for status, started, answered, user in replies:
+        name, _, action_done = next(b for b in reversed(bounds) if b[1] <= answered)
+        results[name].append((status, answered - started, user, started - action_done))
     return results
 
 
@@ -171,11 +177,13 @@ def reads(model_dir: Path, clients: int) -> list[dict]:
         redis.close()
     rows = []
     for name, replies in results.items():
-        statuses = Counter(s for s, _, _ in replies)
+        statuses = Counter(s for s, _, _, _ in replies)
         rows.append({"phase": name, "requests": len(replies),
                      "non-2xx": sum(v for k, v in statuses.items() if k != 200), "statuses": dict(statuses),
-                     "false 404": sum(1 for s, _, u in replies if s == 404 and u.startswith("cold-")),
-                     "p50 ms": _p([t for _, t, _ in replies], 50), "p99 ms": _p([t for _, t, _ in replies], 99)})
+                     "false 404": sum(1 for s, _, u, _ in replies if s == 404 and u.startswith("cold-")),
+                     "last non-2xx sent (s after the phase's action)": max(
+                         (round(at, 3) for s, _, _, at in replies if s != 200), default=None),
+                     "p50 ms": _p([t for _, t, _, _ in replies], 50), "p99 ms": _p([t for _, t, _, _ in replies], 99)})
     return rows
 
 
