@@ -68,8 +68,9 @@ def build(settings: Settings) -> APIRouter:
     async def post_interactions(
             request: Request, response: Response, recommender: RecommenderDep,
             idempotency_key: Annotated[IdempotencyKey | None, Header(
-                alias="Idempotency-Key", description="any unique string (a UUID): a retried post with the same key and body is "
-                            f"recorded once, for {settings.idempotency_ttl_seconds:g} s")] = None,
+                alias="Idempotency-Key",
+                description="any unique string (a UUID): a retried post with the same key and body is recorded "
+                            f"once, for {settings.idempotency_ttl_seconds:g} s")] = None,
     ) -> InteractionsAccepted:
         """Log interactions durably (for the nightly retrain) and update the users' codes at once.
 
