@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-dir", type=Path, help="default: $GNAQ_MODEL_DIR, else ./models")
     serve.add_argument("--workers", type=int, default=1, help="server processes (each loads the model)")
+    serve.add_argument("--http", default="h11", choices=["h11", "httptools"],
+                       help="HTTP parser: h11 (default) bounds the request line and headers by "
+                            "GNAQ_MAX_HEADER_BYTES; httptools is faster but bounds neither: use it only behind a "
+                            "proxy that does")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -193,13 +197,15 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from contracts.versions import resolve_version
+    from service.core.config import Settings
 
     if args.model_dir is not None:
         os.environ["GNAQ_MODEL_DIR"] = str(args.model_dir)  # read by the workers' settings
     model_dir = _model_dir(args.model_dir)
     print(f"serving {resolve_version(model_dir)} on http://{args.host}:{args.port} (docs at /docs)")
     uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False, http=args.http,
+                h11_max_incomplete_event_size=Settings().max_header_bytes)
     return 0
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import torch
 from fastapi import Depends, FastAPI
 
+from service.api import openapi
 from service.api.deps import require_read_key
 from service.api.routes import admin, health, interactions, items, recommend
 from service.core import problems
@@ -23,22 +24,39 @@ from service.core.metrics import Metrics, MetricsMiddleware
 from service.core.problems import Problem
 from service.engine.faiss_build import describe as faiss_build
 from service.engine.faiss_build import faiss
-from service.engine.recommender import Recommender, UnknownItems, UnknownUser
+from service.engine.recommender import Recommender, UnknownItems, UnknownUser, UserUnavailable
 from service.engine.registry import ModelRegistry, NoModelLoaded, ReloadRefused
-from service.store.base import Store, StoreUnavailable
+from service.store.base import KeyReused, Store, StoreUnavailable
 from service.store.local_store import LocalStore
 from service.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
+_RETRY = {"Retry-After": "1"}
+
+
+def _write_unconfirmed(error: StoreUnavailable) -> Problem:
+    """A write the store did not confirm: say whether it may have been recorded, and how to retry safely."""
+    if not error.sent:
+        return Problem(503, "store-unavailable", f"{error}; nothing was recorded, retry later",
+                       headers=_RETRY, outcome="not-recorded")
+    return Problem(503, "store-unavailable", f"{error}; the interactions may or may not have been recorded: "
+                   "retry with the same Idempotency-Key and body to have them recorded exactly once (a retry "
+                   "without one may record them twice)", headers=_RETRY, outcome="unknown")
+
+
 _PROBLEMS = {
     NoModelLoaded: lambda e: Problem(503, "no-model", f"no model is loaded yet: {e}", headers={"Retry-After": "5"}),
     UnknownUser: lambda e: Problem(404, "unknown-user", f"user {e.args[0]!r} is not in the model and has posted "
-                                   "no interactions"),
+                                   "no interaction with one of its items"),
+    UserUnavailable: lambda e: Problem(503, "store-unavailable", f"user {e.args[0]!r} is not in the model, and "
+                                       "the store that knows users from their posts does not answer; retry later",
+                                       headers=_RETRY),
     UnknownItems: lambda e: Problem(422, "unknown-item", f"unknown item id(s): {e}; nothing was recorded",
                                     unknown_items=e.item_ids),
-    StoreUnavailable: lambda e: Problem(503, "store-unavailable", f"{e}; nothing was recorded, retry later",
-                                        headers={"Retry-After": "1"}),
+    KeyReused: lambda e: Problem(422, "idempotency-key-reused", "this Idempotency-Key was already used for a "
+                                 "different body; nothing was recorded: use a new key for a new post"),
+    StoreUnavailable: _write_unconfirmed,
     ReloadRefused: lambda e: Problem(409, "artifact-refused", str(e)),
 }
 
@@ -88,10 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Recommendations from node-aware quantized graph embeddings (GNAQ).")
     app.state.settings, app.state.metrics = settings, metrics
     reads = [] if settings.open_reads else [Depends(require_read_key)]
+    unauthorized = {} if settings.open_reads else openapi.problem_responses({401: "missing or invalid API key"})
     for module in (recommend, items):
-        app.include_router(module.router, dependencies=reads)
-    for module in (interactions, admin, health):
+        app.include_router(module.build(settings), dependencies=reads, responses=unauthorized)
+    app.include_router(interactions.build(settings))
+    for module in (admin, health):
         app.include_router(module.router)
     problems.install(app, _PROBLEMS)
+    openapi.install(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,12 +1,20 @@
-"""Shared fixtures: one small GNAQ model trained through the real CLI on the embedded MovieLens-100K."""
+"""Shared fixtures: one small GNAQ model trained through the real CLI on the embedded MovieLens-100K.
+
+``bench/`` is put on the import path: its ``harness`` (private redis-server, ``gnaq serve``, fault proxy) is
+what the fault tests and the fault benchmarks both use.
+"""
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import redis
 
 from cli.main import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 FAST = ["--dataset", "ml-100k", "--dim", "16", "--layers", "2", "--epochs", "2", "--qat-epochs", "2",
         "--eval-every", "1", "--patience", "1", "--no-progress"]

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from cli.main import main
-from contracts.interaction_log import RETRAIN_GROUP, STREAM
+from contracts.interaction_log import RETRAIN_GROUP, SQLITE_INSERT, STREAM, Interaction, first_of_each_event
 from contracts.versions import add_version, list_versions, prune, read_current, resolve_version
 from service.core.config import Settings
 from service.main import create_app
@@ -22,10 +23,11 @@ KEY = "retrain-key"
 QUICK = ["--epochs", "2", "--qat-epochs", "2", "--eval-every", "1", "--patience", "1", "--no-progress"]
 
 
-def _post(client, pairs):
-    reply = client.post("/interactions", headers={"X-API-Key": KEY},
+def _post(client, pairs, key=None):
+    reply = client.post("/interactions", headers={"X-API-Key": KEY, **({"Idempotency-Key": key} if key else {})},
                         json=[{"user_id": u, "item_id": i} for u, i in pairs])
     assert reply.status_code == 200, reply.text
+    return reply
 
 
 def _pending(url):
@@ -35,7 +37,8 @@ def _pending(url):
 @pytest.fixture
 def service(model_dir, redis_url, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_url)  # what `gnaq retrain` reads, like the cron job's environment
-    settings = Settings(model_dir=model_dir, redis_url=redis_url, api_keys=[KEY], reload_poll_seconds=0.1)
+    settings = Settings(model_dir=model_dir, redis_url=redis_url, api_keys=[KEY], reload_poll_seconds=0.1,
+                        idempotency_ttl_seconds=1)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -43,11 +46,16 @@ def service(model_dir, redis_url, monkeypatch):
 def test_retrain_consumes_the_log_publishes_and_the_service_reloads(service, model_dir, redis_url, capsys):
     artifact = read_current(model_dir)
     old = artifact.version
-    _post(service, [("night-user", artifact.item_ids[0]), ("night-user", artifact.item_ids[1]),
-                    (artifact.user_ids[0], artifact.item_ids[2])])
+    batch = [("night-user", artifact.item_ids[0]), ("night-user", artifact.item_ids[1]),
+             (artifact.user_ids[0], artifact.item_ids[2])]
+    _post(service, batch, key="nightly-1")
+    time.sleep(1.1)  # the service forgets the key (TTL 1 s): a late retry is logged again, with the same event ids
+    assert "Idempotent-Replayed" not in _post(service, batch, key="nightly-1").headers
+    assert redis.Redis.from_url(redis_url).xlen(STREAM) == 6
     assert main(["retrain", "--model-dir", str(model_dir), "--tolerance", "0.5", *QUICK]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("retrain: published") and "3 logged interactions (3 distinct pairs, 3 new)" in summary
+    assert summary.endswith("; 3 repeated events dropped")
     new = resolve_version(model_dir).name
     assert main(["evaluate", str(model_dir)]) == 0  # a retrained model's recorded test metrics reproduce
     assert "(recorded" in capsys.readouterr().out
@@ -110,6 +118,20 @@ def test_two_runs_never_overlap(model_dir, capsys):
     with retrain_lock(model_dir, wait=False):
         assert main(["retrain", "--model-dir", str(model_dir), *QUICK]) == 4
     assert "another retrain holds" in capsys.readouterr().out
+
+
+def test_an_embedded_log_from_before_event_ids_is_read_and_deduplicated(tmp_path):
+    path = tmp_path / "interactions.sqlite3"
+    with sqlite3.connect(path) as db:  # the table as releases before event ids wrote it
+        db.execute("CREATE TABLE interactions (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, "
+                   "item_id TEXT NOT NULL, timestamp REAL NOT NULL, received_at REAL NOT NULL)")
+        db.execute("INSERT INTO interactions (user_id, item_id, timestamp, received_at) VALUES ('u', 'a', 0, 0)")
+    log = SqliteInteractionLog(path)
+    log._db.executemany(SQLITE_INSERT, [Interaction("u", "b", 1, 1, "k#0").sqlite_row(),
+                                        Interaction("u", "b", 1, 2, "k#0").sqlite_row()])
+    pending = log.pending()
+    assert [(e.item_id, e.interaction.event_id) for e in pending] == [("a", ""), ("b", "k#0"), ("b", "k#0")]
+    assert [e.log_id for e in first_of_each_event(pending)] == [pending[0].log_id, pending[1].log_id]
 
 
 def test_embedded_log_is_consumed_through_a_cursor(tmp_path):

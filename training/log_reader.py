@@ -19,10 +19,10 @@ import redis
 from contracts.interaction_log import (
     RETRAIN_CONSUMER,
     RETRAIN_GROUP,
-    SQLITE_SCHEMA,
     STREAM,
     Interaction,
     LoggedInteraction,
+    create_sqlite_log,
 )
 
 _BATCH = 10_000
@@ -78,16 +78,16 @@ class SqliteInteractionLog:
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.executescript(SQLITE_SCHEMA)  # the service's table, if it never ran
+        create_sqlite_log(self._db)  # the service's table, if it never ran (or predates event ids)
         self._db.execute("CREATE TABLE IF NOT EXISTS retrain_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), "
                          "last_row INTEGER NOT NULL)")
         self._db.execute("INSERT OR IGNORE INTO retrain_cursor VALUES (1, 0)")
 
     def pending(self) -> list[LoggedInteraction]:
         (last,) = self._db.execute("SELECT last_row FROM retrain_cursor").fetchone()
-        rows = self._db.execute("SELECT id, user_id, item_id, timestamp, received_at FROM interactions "
+        rows = self._db.execute("SELECT id, user_id, item_id, timestamp, received_at, event_id FROM interactions "
                                 "WHERE id > ? ORDER BY id", (last,))
-        return [LoggedInteraction(str(i), Interaction(u, v, t, r)) for i, u, v, t, r in rows]
+        return [LoggedInteraction(str(i), Interaction(u, v, t, r, e or "")) for i, u, v, t, r, e in rows]
 
     def ack(self, entries: list[LoggedInteraction]) -> None:
         if entries:

@@ -19,6 +19,9 @@
 A logged interaction is one event; training data is a set of (user, item) pairs, so an event whose pair the
 model already has, or that repeats another event, adds nothing: the summary counts events, distinct pairs and
 pairs new to the training data.
+
+An event logged twice (a client's retry, see ``contracts.interaction_log``) is counted and trained on once;
+its repeats are acknowledged with it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from contracts.artifact import CURRENT_FILE, ArtifactError, ModelArtifact, read_artifact
-from contracts.interaction_log import LoggedInteraction
+from contracts.interaction_log import LoggedInteraction, first_of_each_event
 from contracts.versions import (
     RetrainStatus,
     prune,
@@ -171,13 +174,14 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     started = time.perf_counter()
     current = read_current(model_dir)
     pending = interaction_log.pending()
-    added = new_data(current, pending)
+    new = first_of_each_event(pending)
+    added = new_data(current, new)
     if not pending and not force:
         return RetrainOutcome("skipped", None, "nothing new to train on", added,
                               seconds=time.perf_counter() - started)
     config = TrainConfig.from_manifest(current.manifest, **{**overrides, "model_dir": str(model_dir),
                                                              "publish": False, "progress": False})
-    data, valid_pairs = merge(current, load_data(config, data_dir), pending)
+    data, valid_pairs = merge(current, load_data(config, data_dir), new)
     result = run_training(config, data=data, valid_pairs=valid_pairs)
     fit_pairs = without_pairs(data.train, valid_pairs)
     verdict = judge(validation_scores(read_artifact(result.path), fit_pairs, valid_pairs),
@@ -194,5 +198,7 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     _status(model_dir, "published", version, 0, alert_after)
     reason = f"gate: {verdict.reason}; {CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned
                                                                         else "")
+    if len(new) < len(pending):
+        reason += f"; {len(pending) - len(new)} repeated events dropped"
     return RetrainOutcome("published", version, reason, added, verdict, time.perf_counter() - started)
 

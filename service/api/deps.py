@@ -1,14 +1,13 @@
-"""Dependencies injected per request: settings, the recommender, API-key checks, validated ``k``."""
+"""Dependencies injected per request: settings, the recommender, API-key checks; the bounded ``k``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.core.config import Settings
-from service.core.problems import Problem
 from service.core.security import HEADER, check_api_key
 from service.engine.recommender import Recommender
 from service.engine.registry import ModelRegistry
@@ -46,18 +45,7 @@ async def require_read_key(request: Request, key: Annotated[str | None, Security
     check_api_key(key, request.app.state.settings.api_keys)
 
 
-KQuery = Annotated[int, Query(ge=1, description="how many items (1 to GNAQ_MAX_K)")]
-
-
-def bounded_k(request: Request, k: int) -> int:
-    """``k`` within the configured maximum, else a 422 shaped like every other validation error.
-
-    A plain call, not a dependency: on ``GET /recommend`` a cache hit costs little more than FastAPI's
-    dependency solving, so the read endpoints take ``Request`` and ``k`` directly (one node to solve).
-    """
-    settings = request.app.state.settings
-    if k > settings.max_k:
-        raise Problem(422, "validation-error", f"query.k: must be at most {settings.max_k}",
-                      errors=[{"location": "query.k", "message": f"must be at most {settings.max_k}",
-                               "type": "less_than_equal"}])
-    return k
+def k_query(settings: Settings) -> tuple[Any, int]:
+    """``k`` bounded by ``GNAQ_MAX_K`` (validated by FastAPI, stated in /openapi.json) and its default."""
+    return (Annotated[int, Query(ge=1, le=settings.max_k, description=f"how many items (1 to {settings.max_k})")],
+            min(10, settings.max_k))

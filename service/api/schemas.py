@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 # External ids as in the training data: printable, no surrounding whitespace, bounded length.
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=False,
@@ -30,6 +30,13 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem]
 
 
+# What pydantic accepts for a datetime, as the spec states it: ISO 8601, or Unix seconds (numbers of 2e10 and
+# more are read as milliseconds, so the documented range stops below that).
+Timestamp = Annotated[datetime | None, WithJsonSchema({"anyOf": [
+    {"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "exclusiveMaximum": 2e10},
+    {"type": "null"}]})]
+
+
 class InteractionIn(BaseModel):
     """One interaction; ``timestamp`` (ISO 8601 or Unix seconds) defaults to the time it arrives."""
 
@@ -37,7 +44,7 @@ class InteractionIn(BaseModel):
 
     user_id: ExternalId
     item_id: ExternalId
-    timestamp: datetime | None = None
+    timestamp: Timestamp = None
 
     def epoch_seconds(self, received_at: float) -> float:
         if self.timestamp is None:
@@ -78,3 +85,38 @@ class Readiness(BaseModel):
 class ReloadResult(BaseModel):
     reloaded: bool = Field(description="a different model was swapped in")
     model_version: str
+
+
+class ProblemError(BaseModel):
+    """One invalid field of a request."""
+
+    location: str = Field(description="where: body, body.<index>.<field>, query.k, header.idempotency-key, ...")
+    message: str
+    type: str
+
+
+def _no_defaults(schema: dict) -> None:
+    for member in schema["properties"].values():
+        member.pop("default", None)  # an extension member is absent, not null, where it does not apply
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: the body of every 4xx and 5xx (``application/problem+json``).
+
+    Only documents the body (``service.core.problems`` writes it); the extension members after ``instance``
+    appear on the problems named in their descriptions, and are absent elsewhere.
+    """
+
+    model_config = ConfigDict(title="Problem", extra="allow", json_schema_extra=_no_defaults)
+
+    type: str = Field(description="https://gnaq-rec.dev/problems/<slug>: what kind of problem")
+    title: str = Field(description="the status's reason phrase")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what happened to this request, and what to do")
+    instance: str = Field(description="the request path")
+    errors: list[ProblemError] = Field(None, description="validation-error: each invalid field")
+    unknown_items: list[str] = Field(None, description="unknown-item: the item ids not in the model")
+    outcome: Literal["not-recorded", "unknown"] = Field(
+        None, description="store-unavailable on a write: not-recorded (nothing was applied) or unknown "
+        "(it may have been; retry with the same Idempotency-Key)")
+    max_bytes: int = Field(None, description="body-too-large: the limit (GNAQ_MAX_BODY_BYTES)")

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
                              "codes: lookup-table scoring straight from the packed item codes")
     max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for")
     max_batch: int = Field(1000, ge=1, description="most interactions in one POST /interactions")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest POST /interactions body; a larger one is "
+                                "refused with 413 by its Content-Length, or once that many bytes arrived")
+    max_header_bytes: int = Field(16_384, ge=1024, description="largest request line plus headers (gnaq serve's "
+                                  "h11 server: beyond it, uvicorn answers 400 text/plain before the app runs)")
+    idempotency_ttl_seconds: float = Field(86_400, ge=1, description="how long a post's Idempotency-Key is "
+                                           "remembered: a retry with the same key and body is recorded once")
     cache_ttl_seconds: float = Field(300.0, ge=0, description="lifetime of a cached result (0 disables the cache)")
     cache_ttl_jitter: float = Field(0.1, ge=0, le=1, description="TTLs are spread by up to this fraction")
     near_cache_entries: int = Field(100_000, ge=0, description="users whose cached bodies each replica also keeps "
@@ -39,7 +45,9 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = Field(5.0, ge=0, description="how often CURRENT is checked (0: never poll)")
     redis_timeout_seconds: float = Field(0.25, gt=0, description="per-command Redis timeout of reads")
     redis_write_timeout_seconds: float = Field(5.0, gt=0, description="Redis timeout of recording interactions")
-    redis_retry_seconds: float = Field(1.0, ge=0, description="after a Redis failure, serve uncached this long")
+    redis_retry_seconds: float = Field(
+        0.2, ge=0, description="after a Redis failure, how often it is probed; until it answers, reads serve "
+                               "uncached and writes get 503 at once (0: no breaker, every call waits for Redis)")
     search_threads: int = Field(1, ge=1, description="threads FAISS and torch may use per search")
 
     @field_validator("api_keys", mode="before")

@@ -4,12 +4,15 @@ Read (``GET /recommend``): one store round trip returns the user's generation an
 under (model version, generation, k). On a miss the user's vector is the trained one, or, once the
 user posted interactions, the codes requantized for that generation (recomputed here if missing);
 training and posted items are excluded inside the index search. Concurrent misses on one key share
-one computation (per process). If the store is down the model alone answers, uncached.
+one computation (per process). If the store is down the model alone answers, uncached; a user the model
+does not know may exist through its posts, which only the store holds, so it is refused as unavailable
+(503), not as unknown.
 
 Write (``POST /interactions``): items are checked against the model first (nothing is applied if
 one is unknown), then the store logs the events and bumps the users' generations atomically, and
 each user's vector is recomputed by the model's propagation rule and requantized node-aware
-(``model.foldin``); the new codes are stored under the new generation for every replica to use.
+(``model.foldin``); the new codes are stored under the new generation for every replica to use. A post
+whose key the store already recorded is replayed: nothing is logged or requantized again.
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
-from service.store.base import Store, StoreUnavailable, UserState
+from service.store.base import Post, Store, StoreUnavailable, UserState
 
 _SETTLE_SECONDS = 0.1  # a finished computation still answers misses whose cache read raced its write
 
 
 class UnknownUser(LookupError):
-    """The user is neither in the model nor has it posted an interaction."""
+    """The user is neither in the model nor has it posted an interaction with one of its items."""
+
+
+class UserUnavailable(RuntimeError):
+    """The user is not in the model, and the store, which would know whether it posted, does not answer."""
 
 
 class UnknownItems(LookupError):
@@ -56,6 +63,15 @@ class UserUpdate:
     interactions: int
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What a post did: the model version that requantized it, per-user updates, whether it was a replay."""
+
+    model_version: str
+    users: list[UserUpdate]
+    replayed: bool
+
+
 class Recommender:
     """The service's use cases over the current model and the store."""
 
@@ -74,7 +90,8 @@ class Recommender:
         except StoreUnavailable:
             self.metrics.store_errors.labels("read_cached").inc()
             self.metrics.cache_misses.inc()
-            return self._body(model, user_id, *self._search(model, self._trained_only(model, user_id), k), False), False
+            rows, scores = self._search(model, self._without_store(model, user_id), k)
+            return self._body(model, user_id, rows, scores, False), False
         if body is not None and use_cache:
             self.metrics.cache_hits.inc()
             return body, True
@@ -119,13 +136,19 @@ class Recommender:
             raise UnknownUser(user_id)
         return model.user_vector(row), model.trained_items(row)
 
+    def _without_store(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The model alone, when the store cannot say what the user posted."""
+        if user_id not in model.users:
+            raise UserUnavailable(user_id)
+        return self._trained_only(model, user_id)
+
     async def _posted_user(self, model: ServedModel, user_id: str, generation: int) -> tuple[np.ndarray, np.ndarray]:
         """Vector and excluded items of a user who posted interactions (trained or cold-start)."""
         try:
             state, codes = await self.store.load_user(user_id, model.version)
         except StoreUnavailable:
             self.metrics.store_errors.labels("load_user").inc()
-            return self._trained_only(model, user_id)
+            return self._without_store(model, user_id)
         exclude = self._all_items(model, user_id, state)
         row = model.users.get(user_id)
         if len(exclude) == 0 or (row is not None and len(exclude) == len(model.trained_items(row))):
@@ -181,16 +204,22 @@ class Recommender:
 
     # --- write path -------------------------------------------------------------------------------
 
-    async def record(self, events: list[Interaction]) -> tuple[str, list[UserUpdate]]:
-        """Log ``events`` and requantize their users; ``(model version, per-user updates)``."""
+    async def record(self, events: list[Interaction], post: Post) -> Accepted:
+        """Log ``events`` once per ``post.key`` and requantize their users."""
         model = self.registry.model
         unknown = sorted({e.item_id for e in events} - model.items.keys())
         if unknown:
             raise UnknownItems(unknown)
-        states = await self.store.record(events)  # StoreUnavailable: nothing was accepted
-        self.metrics.interactions.inc(len(events))
+        try:
+            recorded = await self.store.record(events, post)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("record").inc()
+            raise
         updates, posted = [], Counter(e.user_id for e in events)
-        for user_id, state in states.items():
-            await self._requantize(model, user_id, state)
+        for user_id, state in recorded.states.items():
+            if not recorded.replayed:
+                await self._requantize(model, user_id, state)
             updates.append(UserUpdate(user_id, state.generation, user_id not in model.users, posted[user_id]))
-        return model.version, updates
+        if not recorded.replayed:
+            self.metrics.interactions.inc(len(events))
+        return Accepted(model.version, updates, recorded.replayed)

@@ -3,7 +3,8 @@
 A new version is loaded in a worker thread (checksums, index build, smoke query) while the old one
 keeps serving; only a fully loaded model replaces the reference. A version that fails to load is
 refused, counted and logged, and not retried by the poller until ``CURRENT`` names something else
-(``POST /admin/reload`` retries on demand).
+(``POST /admin/reload`` retries on demand). Its message names files relative to the model directory: it
+reaches API clients (409, 503), who have no business knowing the server's paths.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ModelRegistry:
     def model(self) -> ServedModel:
         """The served model; raises ``NoModelLoaded`` before the first successful load."""
         if self._model is None:
-            raise NoModelLoaded(self.last_error or f"no model loaded from {self.model_dir}")
+            raise NoModelLoaded(self.last_error or "no version has been loaded from the model directory")
         return self._model
 
     @property
@@ -72,6 +73,8 @@ class ModelRegistry:
             return True
 
     def _refuse(self, version: str | None, message: str) -> None:
+        for directory in sorted({str(self.model_dir.resolve()), str(self.model_dir)}, key=len, reverse=True):
+            message = message.replace(directory + "/", "").replace(directory, "the model directory")
         self._refused, self.last_error = version, message
         self.metrics.reload_failures.inc()
         serving = self._model.version if self._model else "nothing"

@@ -1,8 +1,8 @@
 """Embedded store for one machine without Redis: SQLite for what must survive, memory for the rest.
 
-The interaction log (``contracts.interaction_log``), the generations and the posted items live in a SQLite
-file (WAL, synchronous FULL: a committed post survives a crash), shared safely by several worker processes on
-the machine.
+The interaction log (``contracts.interaction_log``), the generations, the posted items and the keys of recent
+posts (for idempotent retries) live in a SQLite file (WAL, synchronous FULL: a committed post survives a
+crash), shared safely by several worker processes on the machine.
 Cached bodies and requantized codes are process memory (bounded LRU), keyed like the Redis ones by
 (version, generation), so they can never be served stale; losing them only costs recomputation.
 """
@@ -16,13 +16,15 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from contracts.interaction_log import SQLITE_INSERT, SQLITE_SCHEMA, Interaction
-from service.store.base import UserState
+from contracts.interaction_log import SQLITE_INSERT, Interaction, create_sqlite_log
+from service.store.base import Post, Recorded, UserState
 
 _STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS user_items (
     user_id TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (user_id, item_id));
+CREATE TABLE IF NOT EXISTS posts (key TEXT PRIMARY KEY, outcome TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS posts_expiry ON posts (expires_at);
 """
 
 
@@ -57,7 +59,8 @@ class LocalStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SQLITE_SCHEMA + _STATE_SCHEMA)
+        create_sqlite_log(self._db)
+        self._db.executescript(_STATE_SCHEMA)
         self._lock = threading.Lock()
         self._cache, self._codes = _LRU(capacity), _LRU(capacity)
 
@@ -91,26 +94,36 @@ class LocalStore:
         if current is None or current[0] < generation:
             self._codes.put((user_id, version), (generation, payload))
 
-    def _record(self, events: list[Interaction]) -> dict[str, UserState]:
+    def _record(self, events: list[Interaction], post: Post) -> Recorded:
+        users = list(dict.fromkeys(e.user_id for e in events))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                now = time.time()
+                kept = self._db.execute("SELECT outcome FROM posts WHERE key = ? AND expires_at > ?",
+                                        (post.key, now)).fetchone()
+                if kept is not None:
+                    replayed = Recorded.replay(post, kept[0], users)  # KeyReused: rolled back below
+                    self._db.execute("COMMIT")
+                    return replayed
                 self._db.executemany(SQLITE_INSERT, [e.sqlite_row() for e in events])
                 self._db.executemany("INSERT OR IGNORE INTO user_items VALUES (?, ?)",
                                      [(e.user_id, e.item_id) for e in events])
-                users = list(dict.fromkeys(e.user_id for e in events))
                 self._db.executemany(
                     "INSERT INTO users VALUES (?, 1) ON CONFLICT(user_id) DO UPDATE SET generation = generation + 1",
                     [(u,) for u in users])
-                states = {u: self._state(u) for u in users}
+                recorded = Recorded({u: self._state(u) for u in users})
+                self._db.execute("DELETE FROM posts WHERE expires_at <= ?", (now,))
+                self._db.execute("INSERT INTO posts VALUES (?, ?, ?)",
+                                 (post.key, recorded.outcome(post), now + post.ttl))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return states
+        return recorded
 
-    async def record(self, events: list[Interaction]) -> dict[str, UserState]:
-        return await asyncio.to_thread(self._record, events)
+    async def record(self, events: list[Interaction], post: Post) -> Recorded:
+        return await asyncio.to_thread(self._record, events, post)
 
     async def ping(self) -> bool:
         return True

@@ -3,45 +3,48 @@
 Keys (``{u:<id>}`` is a hash tag, so one user's keys live together on a Redis Cluster slot)::
 
     gnaq:interactions                      the interaction log (contracts.interaction_log)
+    gnaq:post:<key>                        a recorded post's fingerprint and generations (TTL: idempotency)
     gnaq:{u:<id>}:gen                      the user's generation (INCR per accepted post)
     gnaq:{u:<id>}:items                    set of item ids posted since training
     gnaq:{u:<id>}:codes:<version>          20-digit generation + requantized codes for that version
     gnaq:{u:<id>}:rec:<version>:<gen>:<k>  cached response body (TTL)
 
-A failed or timed-out command opens a short circuit breaker (``retry_seconds``): calls fail fast
-with ``StoreUnavailable`` instead of each paying the timeout, then the next call tries again, and
-redis-py reconnects by itself once Redis answers.
+Failures. Every command this store sends is idempotent, recording included (one Lua script that does
+nothing but replay the kept outcome when the post's key is already there), so a command that meets a dead
+pooled connection (Redis restarted) reconnects and is sent once more; idle pooled connections are
+health-checked before use. A command that still fails, or times out, is a ``StoreUnavailable``; when it was
+essential (a read of user state, recording) it also opens the ``Breaker``, which fails calls fast until a
+background probe finds Redis answering again. Best-effort writes (cached bodies, requantized codes) never
+open it: losing one only costs a recomputation.
 
-Near cache: a cache hit through Redis costs a round trip and ~150 us of client CPU, more than the
-whole HTTP stack, so each replica also keeps the bodies it read or wrote in process memory, keyed
-like the Redis ones (version, generation, k). It is only trusted while this replica is subscribed
-to ``gnaq:invalidate``, on which every accepted post publishes its users (inside the same MULTI). A
-message drops that user's local entries; a lost subscription drops them all until it is back; a read
-that raced with a message is not stored (per-user invalidation epochs). The replica that accepts a
-post drops its own entries before answering, so the next read on it reflects the post; others follow
-within the pub/sub delivery time.
+Near cache (``near_cache``): each replica keeps the bodies it read or wrote, trusted only while it is
+subscribed to ``gnaq:invalidate``, on which every accepted post publishes its users (inside the recording
+script). The replica that accepts a post drops its own entries before answering, so the next read on it
+reflects the post; others follow within the pub/sub delivery time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import time
-from collections import OrderedDict
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from contracts.interaction_log import KEY_PREFIX, STREAM, Interaction
-from service.store.base import StoreUnavailable, UserState
+from service.store.base import Post, Recorded, StoreUnavailable, UserState
+from service.store.breaker import Breaker
+from service.store.near_cache import NearCache
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _GEN_DIGITS = 20
+_HEALTH_CHECK_SECONDS = 1  # a pooled connection idle this long is PINGed before its next command
 
 # One round trip for the hot path: the user's generation, then the body cached under it.
 _READ_CACHED = """
@@ -55,46 +58,38 @@ if current and tonumber(string.sub(current, 1, 20)) >= tonumber(ARGV[1]) then re
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 """
+# Record a post once. KEYS: the post's key, the stream, then per user its items set and its generation.
+# ARGV: fingerprint, key TTL (ms), invalidation channel, the users (newline-separated), stream arguments per
+# event, then per event: its user's number (from 1), its item, its stream fields. The kept outcome is
+# ``Recorded.outcome``: the fingerprint, a colon, the generations in user order.
+_RECORD = """
+local kept = redis.call('GET', KEYS[1])
+if kept then return {0, kept} end
+local width = tonumber(ARGV[5])
+local i = 6
+while i <= #ARGV do
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + width))
+  redis.call('SADD', KEYS[1 + 2 * tonumber(ARGV[i])], ARGV[i + 1])
+  i = i + 2 + width
+end
+local reply, gens = {1, ''}, {}
+for u = 1, (#KEYS - 2) / 2 do
+  gens[u] = redis.call('INCR', KEYS[2 + 2 * u])
+  reply[#reply + 1] = gens[u]
+  reply[#reply + 1] = redis.call('SMEMBERS', KEYS[1 + 2 * u])
+end
+reply[2] = ARGV[1] .. ':' .. table.concat(gens, ',')
+redis.call('SET', KEYS[1], reply[2], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return reply
+"""
 
 
-class NearCache:
-    """Per-process copy of cached bodies, valid only while invalidations are being received."""
-
-    def __init__(self, capacity: int) -> None:
-        self._entries: OrderedDict[str, dict[tuple[str, int], tuple[int, float, bytes]]] = OrderedDict()
-        self._epochs: dict[str, int] = {}
-        self._capacity, self.live = capacity, False
-
-    def epoch(self, user_id: str) -> int:
-        return self._epochs.get(user_id, 0)
-
-    def get(self, user_id: str, version: str, k: int) -> tuple[int, bytes] | None:
-        if not self.live:
-            return None
-        entry = self._entries.get(user_id, {}).get((version, k))
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        self._entries.move_to_end(user_id)
-        return entry[0], entry[2]
-
-    def put(self, user_id: str, version: str, k: int, generation: int, body: bytes, ttl: float, epoch: int) -> None:
-        """Store unless ``user_id`` was invalidated since ``epoch`` was read (the read may be stale)."""
-        if not self.live or self._epochs.get(user_id, 0) != epoch:
-            return
-        self._entries.setdefault(user_id, {})[(version, k)] = (generation, time.monotonic() + ttl, body)
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def invalidate(self, user_id: str) -> None:
-        self._epochs[user_id] = self._epochs.get(user_id, 0) + 1
-        self._entries.pop(user_id, None)
-
-    def reset(self, live: bool) -> None:
-        """Forget everything (subscription lost or re-established)."""
-        self._entries.clear()
-        self._epochs = {user: epoch + 1 for user, epoch in self._epochs.items()}
-        self.live = live
+def _pool(url: str, *, timeout: float, connect_timeout: float, retries: int) -> aioredis.Redis:
+    """A client whose commands are sent again (``retries`` times, at once) when their connection drops."""
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
+                                   retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+                                   health_check_interval=_HEALTH_CHECK_SECONDS)
 
 
 class RedisStore:
@@ -104,17 +99,18 @@ class RedisStore:
 
     def __init__(self, url: str, *, timeout: float, retry_seconds: float, codes_ttl: int,
                  write_timeout: float = 5.0, near_ttl: float = 60.0, near_capacity: int = 100_000) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                              retry=Retry(NoBackoff(), 1), health_check_interval=30)
-        # Recording interactions may wait longer than a read: a timed-out MULTI may still have committed,
-        # and the client's retry would then log the interactions twice. No automatic retry here either.
-        self._writer = aioredis.Redis.from_url(url, socket_timeout=max(timeout, write_timeout),
-                                               socket_connect_timeout=timeout, health_check_interval=30)
+        self._redis = _pool(url, timeout=timeout, connect_timeout=timeout, retries=1)
+        # Recording may wait longer than a read. A timeout is not retried here (the answer may still come):
+        # the caller reports the outcome as unknown, and the client's retry with the same key is safe.
+        self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=timeout, retries=1)
+        # The subscription must see every disconnect (messages sent meanwhile are lost): no silent retry.
+        self._events = _pool(url, timeout=timeout, connect_timeout=timeout, retries=0)
         self._retry_seconds, self._codes_ttl = retry_seconds, codes_ttl
         self._near_ttl = near_ttl  # for bodies read from Redis, whose remaining TTL is not fetched
-        self._down_until = 0.0
+        self._breaker = Breaker(self._redis.ping, retry_seconds, _UNAVAILABLE)
         self._read_cached = self._redis.register_script(_READ_CACHED)
         self._save_codes = self._redis.register_script(_SAVE_CODES)
+        self._record = self._writer.register_script(_RECORD)
         self.channel = f"{KEY_PREFIX}invalidate"
         self.near = NearCache(near_capacity)
         self._listener: asyncio.Task | None = None
@@ -125,7 +121,7 @@ class RedisStore:
 
     async def _listen(self) -> None:
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._events.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.near.reset(live=True)
@@ -147,14 +143,15 @@ class RedisStore:
     def _user(self, user_id: str) -> str:
         return f"{KEY_PREFIX}{{u:{user_id}}}"
 
-    async def _call(self, operation):
-        if time.monotonic() < self._down_until:
-            raise StoreUnavailable("Redis is unavailable (retrying shortly)")
+    async def _call(self, operation, *, essential: bool = True):
+        if self._breaker.open:
+            raise StoreUnavailable("Redis is not answering (probing it in the background)", sent=False)
         try:
             return await operation()
         except _UNAVAILABLE as error:
-            self._down_until = time.monotonic() + self._retry_seconds
-            raise StoreUnavailable(f"Redis did not answer: {error}") from error
+            if essential:
+                self._breaker.trip(error)
+            raise StoreUnavailable(f"Redis did not answer: {error}", sent=True) from error
 
     async def read_cached(self, user_id: str, version: str, k: int) -> tuple[int, bytes | None]:
         near = self.near.get(user_id, version, k)
@@ -171,7 +168,7 @@ class RedisStore:
     async def write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
                            ttl: float) -> None:
         epoch, key = self.near.epoch(user_id), f"{self._user(user_id)}:rec:{version}:{generation}:{k}"
-        await self._call(lambda: self._redis.set(key, body, px=max(1, int(ttl * 1000))))
+        await self._call(lambda: self._redis.set(key, body, px=max(1, int(ttl * 1000))), essential=False)
         self.near.put(user_id, version, k, generation, body, ttl, epoch)
 
     async def load_user(self, user_id: str, version: str) -> tuple[UserState, tuple[int, bytes] | None]:
@@ -192,43 +189,41 @@ class RedisStore:
         value = f"{generation:0{_GEN_DIGITS}d}".encode() + payload
         await self._call(lambda: self._save_codes(keys=[f"{self._user(user_id)}:codes:{version}"],
                                                   args=[generation, value, self._codes_ttl],
-                                                  client=self._writer))
+                                                  client=self._writer), essential=False)
 
-    async def record(self, events: list[Interaction]) -> dict[str, UserState]:
-        by_user: dict[str, list[str]] = {}
-        for event in events:
-            by_user.setdefault(event.user_id, []).append(event.item_id)
-
-        async def write():
-            async with self._writer.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
-                for e in events:
-                    pipe.xadd(STREAM, e.stream_fields())
-                for user_id, items in by_user.items():
-                    user = self._user(user_id)
-                    pipe.sadd(f"{user}:items", *items).incr(f"{user}:gen").smembers(f"{user}:items")
-                pipe.publish(self.channel, "\n".join(by_user))
-                return await pipe.execute()
-
+    async def record(self, events: list[Interaction], post: Post) -> Recorded:
+        users = list(dict.fromkeys(e.user_id for e in events))
+        number = {user_id: n for n, user_id in enumerate(users, 1)}
+        keys = [f"{KEY_PREFIX}post:{post.key}", STREAM]
+        for user_id in users:
+            keys += [f"{self._user(user_id)}:items", f"{self._user(user_id)}:gen"]
+        fields = [list(itertools.chain.from_iterable(e.stream_fields().items())) for e in events]
+        args = [post.fingerprint, max(1, int(post.ttl * 1000)), self.channel, "\n".join(users), len(fields[0])]
+        for event, stream_fields in zip(events, fields, strict=True):
+            args += [number[event.user_id], event.item_id, *stream_fields]
         try:
-            replies = (await self._call(write))[len(events):]
+            reply = await self._call(lambda: self._record(keys=keys, args=args, client=self._writer))
         finally:  # whether or not it committed, this replica's copies may now be stale
-            for user_id in by_user:
+            for user_id in users:
                 self.near.invalidate(user_id)
-        return {user_id: UserState(int(replies[3 * n + 1]), frozenset(i.decode() for i in replies[3 * n + 2]))
-                for n, user_id in enumerate(by_user)}
+        if reply[0] == 0:
+            return Recorded.replay(post, reply[1].decode(), users)
+        return Recorded({user_id: UserState(int(reply[2 + 2 * n]), frozenset(i.decode() for i in reply[3 + 2 * n]))
+                         for n, user_id in enumerate(users)})
 
     async def ping(self) -> bool:
         try:
             await self._redis.ping()
         except _UNAVAILABLE:
             return False
-        self._down_until = 0.0
+        self._breaker.close()
         return True
 
     async def close(self) -> None:
+        await self._breaker.stop()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        await self._redis.aclose()
-        await self._writer.aclose()
+        for client in (self._redis, self._writer, self._events):
+            await client.aclose()

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.versions import read_retrain_status
 from service.api.deps import RecommenderDep, RegistryDep
+from service.api.openapi import problem_responses
 from service.api.schemas import Liveness, Readiness, StoreHealth
 
 router = APIRouter(tags=["operations"])
@@ -18,7 +19,7 @@ async def healthz() -> Liveness:
     return Liveness()
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"description": "no model loaded yet"}})
+@router.get("/readyz", response_model=Readiness, responses=problem_responses({503: "no model loaded yet"}))
 async def readyz(registry: RegistryDep, recommender: RecommenderDep) -> Readiness:
     """Ready once a model is loaded; the store is reported ``degraded`` (not fatal) when it does not answer."""
     model = registry.model  # NoModelLoaded -> 503
@@ -28,7 +29,8 @@ async def readyz(registry: RegistryDep, recommender: RecommenderDep) -> Readines
                      store=StoreHealth(backend=store.backend, status=status))
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST.partition(";")[0]: {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of this process's metrics, and of the last nightly run."""
     metrics = request.app.state.metrics
