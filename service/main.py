@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 
 from service.api import openapi
 from service.api.deps import require_read_key
-from service.api.routes import admin, health, interactions, items, recommend
+from service.api.routes import admin, docs, health, interactions, items, recommend
 from service.core import problems
 from service.core.config import Settings
 from service.core.metrics import Metrics, MetricsMiddleware
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await poller
             await store.close()
 
-    app = FastAPI(title="GNAQ-Rec", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="GNAQ-Rec", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recommendations from node-aware quantized graph embeddings (GNAQ).")
     app.state.settings, app.state.metrics = settings, metrics
     reads = [] if settings.open_reads else [Depends(require_read_key)]
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(interactions.build(settings))
     for module in (admin, health):
         app.include_router(module.router)
+    docs.install(app)
     problems.install(app, _PROBLEMS)
     openapi.install(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

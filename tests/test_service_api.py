@@ -1,6 +1,7 @@
 """The service through its lifespan (FastAPI TestClient), against the real Redis and the embedded store."""
 
 import contextlib
+import re
 import sqlite3
 import time
 
@@ -344,3 +345,13 @@ def test_openapi_tells_what_the_service_sends(client, settings):
     assert "401" in paths["/admin/reload"]["post"]["responses"] and "409" in paths["/admin/reload"]["post"]["responses"]
     assert "503" in paths["/readyz"]["get"]["responses"]
     assert post["security"] == paths["/admin/reload"]["post"]["security"] == [{"APIKeyHeader": []}]
+
+
+def test_the_api_docs_need_no_network(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+    assert not re.findall(r"(?:src|href)=[\"']https?://", page.text)  # every asset from this process
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/redoc").status_code == 404
