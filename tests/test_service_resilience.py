@@ -42,8 +42,13 @@ def test_service_survives_a_redis_restart(model_dir):
             assert client.get("/readyz").json()["store"]["status"] == "degraded"
             server.start()  # restarted, empty: the service reconnects by itself
             assert client.get("/readyz").json()["store"]["status"] == "ok"
-            client.get(f"/recommend/{user}")
-            assert client.get(f"/recommend/{user}").json()["cached"] is True
+            # The first calls on the fresh server may still time out under load (it reloads its scripts):
+            # that reopens the breaker for one probe interval. Caching must resume soon after (bound: 2 s).
+            deadline, cached = time.monotonic() + 2.0, False
+            while not cached and time.monotonic() < deadline:
+                client.get(f"/recommend/{user}")
+                cached = client.get(f"/recommend/{user}").json()["cached"]
+            assert cached is True
 
 
 def test_a_slow_redis_costs_at_most_its_timeout(model_dir):
