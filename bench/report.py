@@ -21,7 +21,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from cli.main import config_of  # noqa: E402
 from contracts.artifact import read_artifact  # noqa: E402
-from training.config import TrainConfig, upgrade_flat  # noqa: E402
+from training.config import TrainConfig, as_requested, upgrade_flat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -63,7 +63,8 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "epochs_by_stage": training.epochs_run, "selected_epoch": training.selected_epoch,
         "device": training.device, "torch": training.torch,
         "valid_curve": _valid_curve(history, stage),
-        "config": TrainConfig.from_manifest(manifest).model_dump(mode="json"),
+        "config": as_requested(TrainConfig.from_manifest(manifest).model_dump(mode="json"),
+                               manifest.training.choices),
     }
 
 

@@ -1,6 +1,8 @@
 """``TrainConfig`` as command-line flags: the common settings, then one group of flags per section.
 
 A flag left unset leaves the config file's value (or the default) alone, so flags override the file key by key.
+Research settings that the default recipe sets (``advanced`` in their field) parse like any other but are left
+out of ``--help``; ``--help-advanced`` lists them.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ _RENAMED = {("distill", "weight"): "distill", **{("columns", key): f"{key}_col" 
 SEPARATOR = "."  # dest of a section's flag: "<section>.<key>"
 
 
-def _add_flag(group: argparse._ArgumentGroup, name: str, dest: str, field: FieldInfo, default: Any) -> None:
+def _is_advanced(field: FieldInfo) -> bool:
+    return bool((field.json_schema_extra or {}).get("advanced"))
+
+
+def _add_flag(group: argparse._ArgumentGroup, name: str, dest: str, field: FieldInfo, default: Any,
+              shown: bool = True) -> None:
     flag = "--" + name.replace("_", "-")
-    shown = "" if default is None else f" (default: {default})"  # an optional setting says what unset means
-    kwargs: dict = {"default": argparse.SUPPRESS, "dest": dest, "help": f"{field.description or ''}{shown}"}
-    if field.annotation is not bool and typing.get_origin(field.annotation) is not typing.Literal:
-        kwargs["metavar"] = dest.rpartition(SEPARATOR)[2].upper()
+    default_text = "" if default is None else f" (default: {default})"  # an optional setting says what unset means
+    kwargs: dict = {"default": argparse.SUPPRESS, "dest": dest,
+                    "help": f"{field.description or ''}{default_text}" if shown else argparse.SUPPRESS}
     annotation = field.annotation
-    if annotation is bool:
+    if annotation not in (bool, bool | None) and typing.get_origin(annotation) is not typing.Literal:
+        kwargs["metavar"] = dest.rpartition(SEPARATOR)[2].upper()
+    if annotation in (bool, bool | None):
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
     elif typing.get_origin(annotation) is typing.Literal:
         group.add_argument(flag, choices=typing.get_args(annotation), **kwargs)
@@ -40,8 +48,27 @@ def _add_flag(group: argparse._ArgumentGroup, name: str, dest: str, field: Field
         group.add_argument(flag, type=scalar, **kwargs)
 
 
+class _AdvancedHelp(argparse.Action):
+    """``--help-advanced``: print the research settings' flags and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="list the research settings the default recipe sets (also keys of --config)")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        advanced = argparse.ArgumentParser(prog=parser.prog, usage=f"{parser.prog} [advanced settings]",
+                                           add_help=False)
+        for name in TrainConfig.model_fields:
+            if isinstance(getattr(TrainConfig(), name), Section):
+                add_section_flags(advanced, name, advanced=True)
+        advanced.print_help()
+        parser.exit()
+
+
 def add_config_flags(parser: argparse.ArgumentParser, *, skip: frozenset[str] = frozenset()) -> None:
     """One flag per common setting, then a titled group per section (``skip``: common settings to leave out)."""
+    parser.add_argument("--help-advanced", action=_AdvancedHelp)
     defaults = TrainConfig()
     common = parser.add_argument_group("settings (also keys of --config; flags override the file)")
     for name, field in TrainConfig.model_fields.items():
@@ -54,14 +81,19 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: frozenset[str] = 
             add_section_flags(parser, name)
 
 
-def add_section_flags(parser: argparse.ArgumentParser, name: str) -> None:
-    """The titled group of flags of one section of ``TrainConfig`` (e.g. ``columns`` for ``gnaq data stats``)."""
+def add_section_flags(parser: argparse.ArgumentParser, name: str, *, advanced: bool = False) -> None:
+    """The titled group of flags of one section of ``TrainConfig`` (e.g. ``columns`` for ``gnaq data stats``):
+    its everyday settings shown in help, or (``advanced``) only its research settings."""
     section = getattr(TrainConfig(), name)
+    fields = {key: f for key, f in type(section).model_fields.items() if not advanced or _is_advanced(f)}
+    if not fields:
+        return
     title = (type(section).__doc__ or "").strip().splitlines()[0].rstrip(".")
     group = parser.add_argument_group(f"[{name}] {title}")
-    for key, inner in type(section).model_fields.items():
+    for key, inner in fields.items():
         flag = _RENAMED.get((name, key), _SECTION_PREFIX[name] + key)
-        _add_flag(group, flag, f"{name}{SEPARATOR}{key}", inner, getattr(section, key))
+        _add_flag(group, flag, f"{name}{SEPARATOR}{key}", inner, getattr(section, key),
+                  shown=advanced or not _is_advanced(inner))
 
 
 def settings_from_flags(args: argparse.Namespace, *, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -100,11 +100,25 @@ def _train(args: argparse.Namespace) -> int:
     print(f"method {manifest.method}" + (f", {manifest.bits} bits" if manifest.bits else "")
           + f", d={manifest.dim}, L={manifest.layers}, dataset {manifest.dataset.name} "
           f"({manifest.dataset.split_label}), seed {manifest.seed}")
-    test = manifest.metrics.test
-    print("test:  " + "  ".join(f"{m}@{k} {test[f'{m}@{k}']:.4f}" for k in config.ks for m in ("recall", "ndcg")))
+    metrics, choices = manifest.metrics, manifest.training.choices
+    print("test:  " + _metric_line(metrics.test, config.ks))
+    if metrics.warm_start_test:
+        key = metrics.selection_metric
+        print("fp32:  " + _metric_line(metrics.warm_start_test, config.ks) + "  (the warm start; "
+              f"{metrics.test[key] / metrics.warm_start_test[key]:.3f}x of its {key})")
+    if choices:
+        derived = ", ".join(f"{name} {value:.4g}" for name, value in choices.get("derived", {}).items())
+        variant = choices.get("gnaq_variant", {})
+        chosen = ", ".join(f"{name}={value}" for name, value in variant.get("chosen", {}).items())
+        print("recipe: " + "; ".join(filter(None, [derived and f"from the data: {derived}",
+                                                  chosen and f"on validation: {chosen}"])))
     print(f"size:  embeddings {sizes.embedding_bytes:,} B vs fp32 table {sizes.fp32_embedding_bytes:,} B "
           f"= {sizes.compression_ratio:.1f}x smaller; whole artifact {sizes.artifact_bytes:,} B")
     return 0
+
+
+def _metric_line(metrics: dict[str, float], ks: list[int]) -> str:
+    return "  ".join(f"{m}@{k} {metrics[f'{m}@{k}']:.4f}" for k in ks for m in ("recall", "ndcg"))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -60,6 +60,8 @@ class Metrics(_Record):
     test: dict[str, float]
     valid: dict[str, float]
     selection_metric: str
+    warm_start_test: dict[str, float] | None = Field(
+        None, description="test metrics of the fp32 warm start a quantized model was trained from")
 
 
 class TrainingRecord(_Record):
@@ -68,6 +70,8 @@ class TrainingRecord(_Record):
     seconds: float
     device: str
     torch: str
+    choices: dict[str, Any] = Field(default_factory=dict, description="settings the default recipe derived from "
+                                    "the data, and variants it chose on validation with each candidate's score")
 
 
 class ModelInfo(_Record):

@@ -17,7 +17,7 @@ from cli.main import main
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 FAST = ["--dataset", "ml-100k", "--dim", "16", "--layers", "2", "--epochs", "2", "--qat-epochs", "2",
-        "--eval-every", "1", "--patience", "1", "--no-progress"]
+        "--eval-every", "1", "--patience", "1", "--select-epochs", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,18 @@ def test_train_publishes_a_complete_artifact(trained, capsys):
     assert len(artifact.train) == 80000 and len(artifact.user_ids) == 943
 
 
+def test_the_default_recipe_records_what_it_derived_and_chose(trained):
+    manifest = read_current(trained).manifest
+    choices, config = manifest.training.choices, manifest.config
+    assert choices["derived"] == {"bpr.batch_size": 2048, "fp32.lr": 0.005, "qat.lr": 0.001, "distill.users": 1024}
+    variant = choices["gnaq_variant"]
+    assert len(variant["trials"]) == 4 and set(variant["chosen"]) == {"center", "track_stats", "relative_refinement"}
+    best = max(trial["recall@20"] for trial in variant["trials"])
+    assert {**variant["chosen"], "recall@20": best} in variant["trials"]
+    assert all(config["gnaq"][key] == value for key, value in variant["chosen"].items())  # what ran
+    assert set(manifest.metrics.warm_start_test) == set(manifest.metrics.test)
+
+
 def test_evaluate_reproduces_the_recorded_metrics(trained, capsys):
     assert main(["evaluate", str(trained)]) == 0
     out = capsys.readouterr().out

@@ -15,9 +15,41 @@ def test_help_lists_few_common_options_and_names_every_section():
     common = [a for g in train._action_groups if not g.title.startswith("[") for a in g._group_actions]
     assert len(common) <= 20, [a.option_strings for a in common]
     help_text = train.format_help()
-    for section in ("[bpr]", "[fp32]", "[qat]", "[gnaq]", "[distill]", "[ptq]", "[bigear]"):
+    for section in ("[bpr]", "[fp32]", "[qat]", "[gnaq]", "[distill]", "[ptq]"):
         assert section in help_text
-    assert "(default: 0.8)" in help_text and "(unset" not in help_text.replace("(unset:", "")
+    assert "(default: 400)" in help_text and "(unset" not in help_text.replace("(unset:", "")
+
+
+def test_research_settings_parse_but_only_help_advanced_lists_them(capsys):
+    train = _parser()._subparsers._group_actions[0].choices["train"]
+    assert "--clip" not in train.format_help() and "--node-aware" in train.format_help()  # ablation (a) stays
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--help-advanced"])
+    advanced = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--clip CLIP" in advanced and "(default: 0.8)" in advanced
+    assert "--node-aware" not in advanced and "[bigear]" in advanced
+    assert config_of(["--clip", "0.7", "--center"]).gnaq.clip == 0.7
+
+
+def test_unset_settings_are_derived_from_the_data_and_reported():
+    config, derived = TrainConfig().for_data(72_000, 1682)  # MovieLens-100K: the settings of every earlier table
+    assert (config.bpr.batch_size, config.fp32.lr, config.qat.lr, config.distill.users) == (2048, 5e-3, 1e-3, 1024)
+    assert derived == {"bpr.batch_size": 2048, "fp32.lr": 5e-3, "qat.lr": 1e-3, "distill.users": 1024}
+    config, derived = TrainConfig(bpr={"batch_size": 4096}).for_data(730_000, 40_981)
+    assert config.bpr.batch_size == 4096 and "bpr.batch_size" not in derived
+    gowalla = TrainConfig().for_data(730_000, 40_981)[0]  # the settings its timing chose
+    assert gowalla.bpr.batch_size == 16384 and abs(gowalla.fp32.lr - 0.02) < 1e-9 and gowalla.distill.users == 256
+
+
+def test_gnaq_candidates_cover_only_the_unset_variants():
+    assert len(TrainConfig().gnaq_candidates()) == 4
+    assert TrainConfig(gnaq={"center": True}).gnaq_candidates() == [
+        {"center": True, "track_stats": True, "relative_refinement": False},
+        {"center": True, "track_stats": False, "relative_refinement": True}]
+    assert TrainConfig(gnaq={"dynamic": False}).gnaq_candidates() == [
+        {"center": c, "track_stats": True, "relative_refinement": False} for c in (False, True)]
+    fixed = {"center": False, "track_stats": False, "relative_refinement": False}
+    assert TrainConfig(gnaq=fixed).gnaq_candidates() == [fixed]
 
 
 def test_a_file_sets_sections_and_flags_override_them_key_by_key(tmp_path):

@@ -134,5 +134,6 @@ def test_a_seeded_run_is_reproducible_on_several_threads(tmp_path):
     assert torch.equal(*(state["embedding.weight"] for state in warm_starts))  # bit for bit, not only close
     first, second = (read_current(tmp_path / run / "v") for run in ("a", "b"))
     assert first.manifest.metrics == second.manifest.metrics
+    assert first.manifest.training.choices == second.manifest.training.choices  # the variant chosen alike
     np.testing.assert_array_equal(first.item.codes, second.item.codes)
     np.testing.assert_array_equal(first.user.scale, second.user.scale)

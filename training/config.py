@@ -20,7 +20,9 @@ every other setting, so a new setting is part of it unless declared otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -34,7 +36,20 @@ from training.loaders import Columns
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
 GNAQ_DISTILL = 1.0
+# Settings left unset are derived from the data (docs/method.md, "One default recipe"). A step costs one
+# full-graph propagation whatever its batch, so the batch grows with the data to keep about 48 steps an epoch;
+# the learning rate follows the batch as Gowalla's validation chose it (0.02 at 16384); the quantization-aware
+# stage fine-tunes a trained model at a fifth of it. Distillation scores users x items each step: the users
+# per step shrink as the catalogue grows (Gowalla's 41k items: 256, as its timing chose).
+STEPS_PER_EPOCH, BATCH_RANGE = 48, (2048, 16384)
+DISTILL_SCORES, DISTILL_USERS_RANGE = 10_000_000, (256, 1024)
+BASE_LR, BASE_BATCH, QAT_LR_SHARE = 5e-3, 2048, 0.2
+# GNAQ's variants chosen on validation when unset: centring, and (b) tracking node statistics with absolute
+# corrections ("tracked") or fixed statistics with mean-free corrections ("relative"). First is the default.
+_REFINEMENTS = ({"track_stats": True, "relative_refinement": False},
+                {"track_stats": False, "relative_refinement": True})
 _NOT_FP32 = {"affects_fp32": False}
+_ADVANCED = {"advanced": True}  # research settings the default recipe sets: out of --help (--help-advanced)
 
 
 class Section(BaseModel):
@@ -62,7 +77,8 @@ class ColumnsConfig(Section):
 class BPRConfig(Section):
     """The BPR objective, in both stages."""
 
-    batch_size: int = Field(2048, ge=1, description="BPR triples per step")
+    batch_size: int | None = Field(None, ge=1, description="BPR triples per step (unset: from the number of "
+                                   "training interactions, about 48 steps an epoch, 2048 to 16384)")
     negatives: int = Field(1, ge=1, description="BPR negatives per training interaction (their terms averaged)")
     l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
 
@@ -79,23 +95,28 @@ class Schedule(Section):
     lr_patience: int | None = Field(None, ge=0, description="halve the learning rate after more than this many "
                                     "validations without improvement (unset: constant)")
     ema: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving average of "
-                              "the weights, this decay per step (unset: off)")
+                              "the weights, this decay per step (unset: off)",
+                              json_schema_extra=_ADVANCED)
 
 
 class FP32Schedule(Schedule):
     """The full-precision stage, which every method starts from."""
 
     epochs: int = Field(400, ge=1, description="max epochs")
-    lr: float = Field(5e-3, gt=0, description="Adam learning rate")
+    lr: float | None = Field(None, gt=0, description="Adam learning rate (unset: 5e-3 x (batch / 2048)^(2/3))")
     eval_every: int = Field(5, ge=1, description="validate every N epochs")
+    minutes: float | None = Field(30, gt=0, description="wall-time budget in minutes: it stops after the epoch "
+                                  "that crosses it, selection stays on validation (unset: none)")
 
 
 class QATSchedule(Schedule):
     """The quantization-aware stage (gnaq, lsq, n2uq, bigear), from the fp32 warm start."""
 
     epochs: int = Field(150, ge=1, description="max epochs")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr: float | None = Field(None, gt=0, description="Adam learning rate (unset: the fp32 stage's / 5)")
     eval_every: int = Field(1, ge=1, description="validate every N epochs")
+    minutes: float | None = Field(20, gt=0, description="wall-time budget in minutes, GNAQ's choice of variant "
+                                  "included (unset: none)")
 
 
 class GNAQConfig(Section):
@@ -106,17 +127,31 @@ class GNAQConfig(Section):
                           "(--no-dynamic: fixed at initialisation)")
     estimator: Literal["graph", "ste"] = Field("graph", description="(c): graph relation-aware gradient "
                                                "estimator, or the plain straight-through estimator")
-    eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
-    equalize: bool = Field(True, description="shared per-dimension scale before the per-node grids")
-    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
-    center: bool = Field(False, description="subtract each table's mean vector (stored once) before the grids")
-    track_stats: bool = Field(True, description="(b): recompute each node's mean and std from its current "
-                              "embedding at every step (--no-track-stats: keep them from initialisation)")
-    relative_refinement: bool = Field(False, description="(b): make the refined corrections mean-free per table")
+    eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)",
+                       json_schema_extra=_ADVANCED)
+    equalize: bool = Field(True, description="shared per-dimension scale before the per-node grids",
+                           json_schema_extra=_ADVANCED)
+    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step",
+                        json_schema_extra=_ADVANCED)
+    center: bool | None = Field(None, description="subtract each table's mean vector (stored once) before the "
+                                "grids (unset: chosen on validation)",
+                                json_schema_extra=_ADVANCED)
+    track_stats: bool | None = Field(None, description="(b): recompute each node's mean and std from its current "
+                                     "embedding at every step, or keep them from initialisation (unset: chosen on "
+                                     "validation with --relative-refinement)",
+                                     json_schema_extra=_ADVANCED)
+    relative_refinement: bool | None = Field(None, description="(b): make the refined corrections mean-free per "
+                                             "table (unset: chosen on validation)",
+                                             json_schema_extra=_ADVANCED)
     theta_lr_scale: float = Field(1.0, gt=0, description="(b): learning rate of the corrections as a multiple of "
-                                  "the stage's")
+                                  "the stage's",
+                                  json_schema_extra=_ADVANCED)
     refine_epochs: int | None = Field(None, ge=1, description="(b): refine the grids for this many epochs, then "
-                                      "freeze them (unset: throughout)")
+                                      "freeze them (unset: throughout)",
+                                      json_schema_extra=_ADVANCED)
+    select_epochs: int = Field(3, ge=1, description="quantization-aware epochs of each candidate when choosing "
+                               "the unset variants on validation",
+                               json_schema_extra=_ADVANCED)
 
 
 class DistillConfig(Section):
@@ -124,10 +159,14 @@ class DistillConfig(Section):
 
     weight: float | None = Field(None, ge=0, description="weight of the term; 0 is off (unset: on for gnaq, off "
                                  "otherwise)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature")
-    users: int = Field(1024, ge=1, description="users per step distilled over all items")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature",
+                               json_schema_extra=_ADVANCED)
+    users: int | None = Field(None, ge=1, description="users per step distilled over all items (unset: about "
+                              "1e7 / items, 256 to 1024)",
+                       json_schema_extra=_ADVANCED)
     unseen: bool = Field(False, description="distil each user's ranking of the items outside their training "
-                         "pairs only")
+                         "pairs only",
+                         json_schema_extra=_ADVANCED)
 
 
 class PTQConfig(Section):
@@ -140,7 +179,8 @@ class BiGeaRConfig(Section):
     """BiGeaR-style 1-bit per-layer codes (method bigear)."""
 
     gamma: float = Field(1.0, gt=0, description="width gamma of the Dirac-delta gradient "
-                         "gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign")
+                         "gamma/sqrt(pi)*exp(-(gamma*x)^2) of sign",
+                         json_schema_extra=_ADVANCED)
 
 
 class TrainConfig(BaseModel):
@@ -213,6 +253,33 @@ class TrainConfig(BaseModel):
         """Validation metric used for early stopping and checkpoint selection."""
         return f"recall@{max(self.ks)}"
 
+    def for_data(self, n_fit: int, n_items: int) -> tuple[TrainConfig, dict[str, float]]:
+        """This config with the settings left unset derived from ``n_fit`` training pairs over ``n_items``
+        items, and the values derived."""
+        batch = self.bpr.batch_size or _power_of_two(n_fit / STEPS_PER_EPOCH, BATCH_RANGE)
+        fp32_lr = self.fp32.lr or BASE_LR * (batch / BASE_BATCH) ** (2 / 3)
+        qat_lr = self.qat.lr or fp32_lr * QAT_LR_SHARE
+        users = self.distill.users or _power_of_two(DISTILL_SCORES / max(1, n_items), DISTILL_USERS_RANGE)
+        values = {"bpr.batch_size": (batch, self.bpr.batch_size), "fp32.lr": (fp32_lr, self.fp32.lr),
+                  "qat.lr": (qat_lr, self.qat.lr), "distill.users": (users, self.distill.users)}
+        derived = {name: value for name, (value, given) in values.items() if given is None}
+        update: dict[str, dict[str, Any]] = {}
+        for name, (value, _) in values.items():
+            section, _, key = name.partition(".")
+            update.setdefault(section, {})[key] = value
+        return self.model_copy(update={section: getattr(self, section).model_copy(update=keys)
+                                       for section, keys in update.items()}), derived
+
+    def gnaq_candidates(self) -> list[dict[str, bool]]:
+        """GNAQ variants to try on validation: every combination of the unset ones (one: nothing to choose)."""
+        g = self.gnaq
+        centers = [False, True] if g.center is None else [g.center]
+        refinements = [r for r in _REFINEMENTS if all(g.model_dump()[k] in (None, v) for k, v in r.items())]
+        if not g.dynamic or not refinements:  # without (b) the refinement variant does not matter
+            refinements = [{k: _REFINEMENTS[0][k] if g.model_dump()[k] is None else g.model_dump()[k]
+                            for k in _REFINEMENTS[0]}]
+        return [{"center": c, **r} for c, r in itertools.product(centers, refinements)]
+
     def resolved_model_dir(self) -> Path:
         """``--model-dir``, else ``GNAQ_MODEL_DIR``, else ``./models``."""
         return Path(self.model_dir or os.environ.get("GNAQ_MODEL_DIR") or "models")
@@ -262,6 +329,23 @@ _FLAT_KEYS: dict[str, list[tuple[str, str]]] = {
 def _is_flat(key: str, value: Any) -> bool:
     """Whether ``key`` is a setting of the earlier flat form (``distill`` was its weight, now its section)."""
     return key in _FLAT_KEYS and not (key in TrainConfig.model_fields and isinstance(value, dict))
+
+
+def as_requested(settings: dict[str, Any], choices: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's ``settings`` as they were asked for: what the recipe derived or chose (``choices``) unset."""
+    requested = {key: dict(value) if isinstance(value, dict) else value for key, value in settings.items()}
+    for name in choices.get("derived", {}):
+        section, _, key = name.partition(".")
+        requested[section][key] = None
+    for key in choices.get("gnaq_variant", {}).get("chosen", {}):
+        requested["gnaq"][key] = None
+    return requested
+
+
+def _power_of_two(target: float, bounds: tuple[int, int]) -> int:
+    """The power of two nearest ``target`` (in log scale), within ``bounds``."""
+    low, high = bounds
+    return int(min(max(2 ** round(math.log2(max(target, 1))), low), high))
 
 
 def upgrade_flat(settings: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ BiGeaR) -> test once -> artifact."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -10,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ class Workspace:
     valid_pairs: np.ndarray
     adjacency: torch.Tensor
     device: torch.device
+    choices: dict = field(default_factory=dict)  # what the default recipe derived or chose (manifest)
 
     def csr(self, pairs: np.ndarray) -> sp.csr_matrix:
         return pairs_to_csr(pairs, self.data.n_users, self.data.n_items)
@@ -69,7 +71,8 @@ def load_data(config: TrainConfig, data_dir: str | None = None) -> Interactions:
 
 def prepare(config: TrainConfig, data: Interactions | None = None,
             valid_pairs: np.ndarray | None = None) -> Workspace:
-    """Load the dataset (unless given), carve the validation split (unless given), build the graph."""
+    """Load the dataset (unless given), carve the validation split (unless given), derive the settings left
+    unset from the data, build the graph."""
     torch.manual_seed(config.seed)
     if data is None:
         data = load_data(config)
@@ -78,9 +81,10 @@ def prepare(config: TrainConfig, data: Interactions | None = None,
     else:  # e.g. retraining: validate on exactly the pairs the current model was validated on
         fit_pairs = without_pairs(data.train, valid_pairs)
     _check_size(config, data, valid_pairs)
+    config, derived = config.for_data(len(fit_pairs), data.n_items)
     device = torch.device(config.device)
     adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
-    return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device)
+    return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device, {"derived": derived} if derived else {})
 
 
 def _check_size(config: TrainConfig, data: Interactions, valid_pairs: np.ndarray) -> None:
@@ -178,8 +182,49 @@ def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
 
 
 def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
-    """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage)."""
-    c, data = ws.config, ws.data
+    """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage).
+
+    GNAQ variants left unset are first chosen on validation (``choose_gnaq_variant``); ``ws.config`` then
+    holds the choice, and the stage's wall-time budget what the choice left of it.
+    """
+    if ws.config.method == "gnaq" and None in (ws.config.gnaq.center, ws.config.gnaq.track_stats,
+                                               ws.config.gnaq.relative_refinement):
+        choose_gnaq_variant(ws, model)
+    return _quantization_aware(ws, model, ws.config)
+
+
+def choose_gnaq_variant(ws: Workspace, model: LightGCN) -> None:
+    """Try each candidate variant for ``[gnaq] select_epochs`` from the same warm start; keep the best on
+    validation (the first candidate, the default variant, on ties). Trials share a quarter of the stage's
+    wall-time budget; the rest is left to the chosen run."""
+    c = ws.config
+    candidates = c.gnaq_candidates()
+    chosen, trials = candidates[0], []
+    if len(candidates) > 1:
+        warm, started = copy.deepcopy(model.state_dict()), time.perf_counter()
+        minutes = None if c.qat.minutes is None else c.qat.minutes / 4 / len(candidates)
+        trial_stage = c.qat.model_copy(update={"epochs": min(c.gnaq.select_epochs, c.qat.epochs), "minutes": minutes})
+        for candidate in candidates:
+            config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=candidate), "qat": trial_stage})
+            history = _quantization_aware(ws, model, config, stage="select")
+            trials.append({**candidate, c.selection_metric: max(r.valid[c.selection_metric] for r in history
+                                                                if r.valid)})
+            model.quantizer = None
+            model.load_state_dict(warm)
+        best = max(t[c.selection_metric] for t in trials)
+        chosen = candidates[next(i for i, t in enumerate(trials) if t[c.selection_metric] == best)]
+        spent = (time.perf_counter() - started) / 60
+        if c.qat.minutes is not None:
+            c = c.model_copy(update={"qat": c.qat.model_copy(update={"minutes": max(c.qat.minutes - spent, 0.01)})})
+        log.info("GNAQ variant chosen on validation: %s (%s)", chosen, trials)
+    unset = [key for key in chosen if getattr(c.gnaq, key) is None]
+    ws.config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=chosen)})
+    ws.choices["gnaq_variant"] = {"chosen": {key: chosen[key] for key in unset}, "trials": trials}
+
+
+def _quantization_aware(ws: Workspace, model: LightGCN, c: TrainConfig, stage: str | None = None) -> list[EpochRecord]:
+    """Attach ``c``'s quantizer to the fp32 ``model`` and run its quantization-aware stage (none for PTQ)."""
+    data = ws.data
     if c.method == "ptq":
         model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq.granularity == "node")
         return []
@@ -206,7 +251,7 @@ def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     model.quantizer = quantizer
     rng = np.random.default_rng(c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-               _validator(ws, model), _settings(c, c.qat), stage=f"{c.method}-{c.bits}bit", rng=rng,
+               _validator(ws, model), _settings(c, c.qat), stage=stage or f"{c.method}-{c.bits}bit", rng=rng,
                progress=c.progress, extra_loss=distillation, lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
                if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
                after_epoch=_refinement_schedule(ws, model))
@@ -272,21 +317,26 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
     started = time.perf_counter()
     ws = prepare(config, data, valid_pairs)
     model, history = train_full_precision(ws)
-    if config.method != "fp32":
+    test_split = ws.csr(ws.data.train), ws.csr(ws.data.test)
+    warm_start_test = None
+    if config.method != "fp32":  # the fp32 reference on the same split, for the ratio users ask first
+        warm_start_test = rank_tables(*served_tables(model, ws.adjacency), *test_split, config.ks, ws.device)
         history = history + quantize(ws, model)
+    config = ws.config  # with what was derived from the data and chosen on validation
     user, item = served_tables(model, ws.adjacency)
     valid = _validator(ws, model)()
-    test = rank_tables(user, item, ws.csr(ws.data.train), ws.csr(ws.data.test), config.ks, ws.device)
+    test = rank_tables(user, item, *test_split, config.ks, ws.device)
     data = ws.data
     degrees = node_degrees(ws.fit_pairs, data.n_users, data.n_items).astype(np.float32)
     info = ModelInfo(
         method=config.method, bits=None if config.method == "fp32" else config.bits, dim=config.dim,
         layers=config.layers, seed=config.seed, quantizer=_quantizer_record(model), dataset=_dataset_record(ws),
-        metrics=Metrics(test=test, valid=valid, selection_metric=config.selection_metric),
+        metrics=Metrics(test=test, valid=valid, selection_metric=config.selection_metric,
+                        warm_start_test=warm_start_test),
         served=_served_description(model),
         training=TrainingRecord(epochs_run={r.stage: r.epoch for r in history},
                                 selected_epoch=_selected(history, config), seconds=time.perf_counter() - started,
-                                device=str(ws.device), torch=torch.__version__),
+                                device=str(ws.device), torch=torch.__version__, choices=ws.choices),
         config=config.recorded())
     # Degrees fold new users in; the validation pairs let a retrain gate on data neither model trained on.
     arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:],

@@ -34,7 +34,8 @@ from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
 from service.store.base import Post, Store, StoreUnavailable, UserState
 
-_SETTLE_SECONDS = 0.1  # a finished computation still answers misses whose cache read raced its write
+_SETTLE_SECONDS = 1.0  # a finished computation still answers misses whose cache read raced its write (the
+# key holds the generation, so it is exactly the cached answer; 1 s covers reads delayed by a loaded machine)
 
 
 class UnknownUser(LookupError):
