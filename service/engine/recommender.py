@@ -4,7 +4,7 @@ Read (``GET /recommend``): one store round trip returns the user's generation an
 under (model version, generation, k). On a miss the user's vector is the trained one, or, once the
 user posted interactions, the codes requantized for that generation (recomputed here if missing);
 training and posted items are excluded inside the index search. Concurrent misses on one key share
-one computation (per process). If the store is down the model alone answers, uncached; a user the model
+one computation (per process), whose cache write is not waited for. If the store is down the model alone answers, uncached; a user the model
 does not know may exist through its posts, which only the store holds, so it is refused as unavailable
 (503), not as unknown.
 
@@ -78,6 +78,7 @@ class Recommender:
     def __init__(self, registry: ModelRegistry, store: Store, settings: Settings, metrics: Metrics) -> None:
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._writes: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
 
     # --- read path --------------------------------------------------------------------------------
 
@@ -91,7 +92,7 @@ class Recommender:
             self.metrics.store_errors.labels("read_cached").inc()
             self.metrics.cache_misses.inc()
             rows, scores = self._search(model, self._without_store(model, user_id), k)
-            return self._body(model, user_id, rows, scores, False), False
+            return self._bodies(model, user_id, rows, scores)[1], False
         if body is not None and use_cache:
             self.metrics.cache_hits.inc()
             return body, True
@@ -121,14 +122,21 @@ class Recommender:
         else:
             vector, exclude = await self._posted_user(model, user_id, generation)
         rows, scores = self._search(model, (vector, exclude), k)
-        if self.settings.cache_ttl_seconds > 0:
+        cached, fresh = self._bodies(model, user_id, rows, scores)
+        if self.settings.cache_ttl_seconds > 0:  # off the response path: the answer does not wait for Redis
             ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
-            try:
-                await self.store.write_cached(user_id, model.version, k, generation,
-                                              self._body(model, user_id, rows, scores, True), ttl)
-            except StoreUnavailable:
-                self.metrics.store_errors.labels("write_cached").inc()
-        return self._body(model, user_id, rows, scores, False)
+            task = asyncio.create_task(self._write_cached(user_id, model.version, k, generation, cached, ttl))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        return fresh
+
+    async def _write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
+                            ttl: float) -> None:
+        """Best effort: a body that is not cached only costs the next read a recomputation."""
+        try:
+            await self.store.write_cached(user_id, version, k, generation, body, ttl)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("write_cached").inc()
 
     def _trained_only(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         row = model.users.get(user_id)
@@ -188,10 +196,13 @@ class Recommender:
         return rows, scores
 
     @staticmethod
-    def _body(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray, cached: bool) -> bytes:
-        items = [{"item_id": model.item_ids[r], "score": float(s)} for r, s in zip(rows.tolist(), scores, strict=True)]
-        return json.dumps({"user_id": user_id, "model_version": model.version, "items": items,
-                           "cached": cached}, separators=(",", ":")).encode()
+    def _bodies(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray) -> tuple[bytes, bytes]:
+        """The JSON body as cached and as answered now: serialised once, the ``cached`` flag spliced in."""
+        items = [{"item_id": model.item_ids[r], "score": s} for r, s in zip(rows.tolist(), scores.tolist(),
+                                                                            strict=True)]
+        head = json.dumps({"user_id": user_id, "model_version": model.version, "items": items},
+                          separators=(",", ":"))[:-1]
+        return f'{head},"cached":true}}'.encode(), f'{head},"cached":false}}'.encode()
 
     def similar_items(self, item_id: str, k: int) -> tuple[ServedModel, np.ndarray, np.ndarray]:
         """Items with the highest inner product with ``item_id``'s served vector (itself excluded)."""
