@@ -4,9 +4,9 @@ Read (``GET /recommend``): one store round trip returns the user's generation an
 under (model version, generation, k). On a miss the user's vector is the trained one, or, once the
 user posted interactions, the codes requantized for that generation (recomputed here if missing);
 training and posted items are excluded inside the index search. Concurrent misses on one key share
-one computation (per process), whose cache write is not waited for. If the store is down the model alone answers, uncached; a user the model
-does not know may exist through its posts, which only the store holds, so it is refused as unavailable
-(503), not as unknown.
+one computation (per process), whose cache write is not waited for. If the store is down the model alone
+answers, uncached; a user the model does not know may exist through its posts, which only the store holds,
+so it is refused as unavailable (503), not as unknown.
 
 Write (``POST /interactions``): items are checked against the model first (nothing is applied if
 one is unknown), then the store logs the events and bumps the users' generations atomically, and
