@@ -2,7 +2,8 @@
 
 For each index kind (``codes``, ``float``), one at a time so that their memory does not mix: start ``gnaq
 serve`` (one worker) on the model and time it until ``/readyz`` answers (model read, checksums, index build,
-compiled kernel loaded or compiled, smoke query); read its resident memory; measure ``/healthz`` and cache
+compiled kernel loaded or compiled, smoke query), and its CPU seconds by then (the shared machine stretches
+wall time, not CPU time); read its resident memory; measure ``/healthz`` and cache
 misses (distinct users, ``k=10``) with wrk at 1 and 16 clients, interleaved in rounds, medians reported;
 then publish a copy of the version under a new name and time ``POST /admin/reload``, reading the process's
 peak RSS (``VmHWM``) while both versions were resident. RSS per item is the whole process's RSS over the
@@ -78,7 +79,8 @@ def measure(model_dir: Path, kind: str, port: int, redis_url: str, scripts: dict
             if process.poll() is not None or time.perf_counter() - started > 600:
                 raise RuntimeError(f"the {kind} server did not become ready")
             time.sleep(0.05)
-        row = {"index": kind, "load_s": time.perf_counter() - started, "rss_kib": status_kib(process.pid, "VmRSS"),
+        row = {"index": kind, "load_s": time.perf_counter() - started, "load_cpu_s": cpu_seconds(process.pid),
+               "rss_kib": status_kib(process.pid, "VmRSS"),
                "load_peak_kib": status_kib(process.pid, "VmHWM")}
         runs: dict[str, list[dict]] = {}
         for _ in range(rounds):
@@ -97,10 +99,10 @@ def measure(model_dir: Path, kind: str, port: int, redis_url: str, scripts: dict
         row["rss_after_load_kib"] = status_kib(process.pid, "VmRSS")
         copy_version(model_dir, served, f"{served}-reload")
         publish_version(model_dir, f"{served}-reload")
-        before = time.perf_counter()
+        before, cpu = time.perf_counter(), cpu_seconds(process.pid)
         reply = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=600)
         reply.raise_for_status()
-        row["reload_s"] = time.perf_counter() - before
+        row["reload_s"], row["reload_cpu_s"] = time.perf_counter() - before, cpu_seconds(process.pid) - cpu
         row["reload_peak_kib"] = status_kib(process.pid, "VmHWM")
         row["rss_after_reload_kib"] = status_kib(process.pid, "VmRSS")
         publish_version(model_dir, served)
@@ -145,14 +147,15 @@ def main() -> None:
 def markdown(results: dict) -> str:
     lines = [f"{results['n_users']:,} users, {results['n_items']:,} items; medians of {results['rounds']} "
              f"interleaved wrk runs of {results['seconds']} s.", "",
-             "| index | load s | RSS MiB | RSS B/item | reload s | peak RSS in reload MiB | clients "
+             "| index | load s (CPU s) | RSS MiB | RSS B/item | reload s (CPU s) | peak RSS in reload MiB | clients "
              "| /healthz p50 / p99 ms | miss p50 / p99 ms | miss req/s | CPU ms per /healthz / miss |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         for c in (1, 16):
             h, m = row["latency"][f"healthz/{c}"], row["latency"][f"miss/{c}"]
-            lines.append(f"| {row['index']} | {row['load_s']:.1f} | {row['rss_kib'] / 1024:,.0f} | "
-                         f"{row['rss_bytes_per_item']:.0f} | {row['reload_s']:.1f} | "
+            lines.append(f"| {row['index']} | {row['load_s']:.1f} ({row['load_cpu_s']:.1f}) | "
+                         f"{row['rss_kib'] / 1024:,.0f} | {row['rss_bytes_per_item']:.0f} | "
+                         f"{row['reload_s']:.1f} ({row['reload_cpu_s']:.1f}) | "
                          f"{row['reload_peak_kib'] / 1024:,.0f} | {c} | {h['p50_ms']:.2f} / {h['p99_ms']:.2f} | "
                          f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f} | "
                          f"{m['rps']:,.0f} | {h['cpu_ms']:.2f} / {m['cpu_ms']:.2f} |")
