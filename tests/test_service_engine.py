@@ -160,6 +160,38 @@ def test_concurrent_misses_on_one_key_are_computed_once(trained, redis_url):
     assert searches == 1  # 20 concurrent misses, one search (the smoke query runs outside the recommender)
 
 
+def test_a_miss_answers_without_waiting_for_its_cache_write(trained, redis_url):
+    """The cache write is off the response path: a store whose write never completes does not delay the answer,
+    and the body it is handed is the cached form of the answer."""
+    settings = Settings(model_dir=trained, redis_url=redis_url, reload_poll_seconds=0)
+    written: list[bytes] = []
+
+    async def scenario():
+        registry = ModelRegistry(trained, "codes", Metrics())
+        await registry.reload()
+        store = open_store(settings)
+        never = asyncio.Event()
+
+        async def stuck_write(user_id, version, k, generation, body, ttl):
+            written.append(body)
+            await never.wait()
+
+        store.write_cached = stuck_write
+        recommender = Recommender(registry, store, settings, Metrics())
+        user = next(iter(registry.model.users))
+        body, cached = await asyncio.wait_for(recommender.recommend(user, 7), timeout=10)
+        await asyncio.sleep(0)  # let the background write start
+        pending = list(recommender._writes)
+        for task in pending:
+            task.cancel()
+        await store.close()
+        return body, cached, len(pending)
+
+    body, cached, pending = asyncio.run(scenario())
+    assert not cached and pending == 1
+    assert written == [body.replace(b'"cached":false}', b'"cached":true}')]
+
+
 def test_faiss_loads_quietly_and_says_which_build(tmp_path):
     probe = ("import logging, sys\n"
              "logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"

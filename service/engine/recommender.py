@@ -104,31 +104,43 @@ class Recommender:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            body = await self._compute(model, user_id, generation, k)
+            body, writing = await self._compute(model, user_id, generation, k)
         except BaseException as error:
             del self._inflight[key]
             future.set_exception(error)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
             raise
         future.set_result(body)
-        # Keep the answer a moment: a request whose cache read left before the write landed still
-        # misses after this computation ends, and must reuse it rather than compute it again.
-        asyncio.get_running_loop().call_later(_SETTLE_SECONDS, self._inflight.pop, key, None)
+        # Keep the answer until a moment after the cache write landed: a request whose cache read left before
+        # then still misses, and must reuse this answer rather than compute it again.
+        loop = asyncio.get_running_loop()
+
+        def release(_: object = None) -> None:
+            loop.call_later(_SETTLE_SECONDS, self._inflight.pop, key, None)
+
+        if writing is None:
+            release()
+        else:
+            writing.add_done_callback(release)
         return body, False
 
-    async def _compute(self, model: ServedModel, user_id: str, generation: int, k: int) -> bytes:
+    async def _compute(self, model: ServedModel, user_id: str, generation: int,
+                       k: int) -> tuple[bytes, asyncio.Task | None]:
+        """The answer, and the task writing it to the cache (None when caching is off)."""
         if generation == 0:
             vector, exclude = self._trained_only(model, user_id)
         else:
             vector, exclude = await self._posted_user(model, user_id, generation)
         rows, scores = self._search(model, (vector, exclude), k)
         cached, fresh = self._bodies(model, user_id, rows, scores)
-        if self.settings.cache_ttl_seconds > 0:  # off the response path: the answer does not wait for Redis
-            ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
-            task = asyncio.create_task(self._write_cached(user_id, model.version, k, generation, cached, ttl))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-        return fresh
+        if self.settings.cache_ttl_seconds <= 0:
+            return fresh, None
+        # Off the response path: the answer does not wait for Redis.
+        ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
+        task = asyncio.create_task(self._write_cached(user_id, model.version, k, generation, cached, ttl))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return fresh, task
 
     async def _write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
                             ttl: float) -> None:
