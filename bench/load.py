@@ -10,7 +10,8 @@ immediately reads that user's recommendations, which must already exclude the po
 
 The machine's speed drifts by 2-3x over minutes (shared host), so scenarios are interleaved in rounds
 against three servers started side by side (float index; float index with the near cache off; codes
-index) and the medians over rounds are reported.
+index) and the medians over rounds are reported, with the server's CPU time per request (``/proc``), which
+other people's load on the machine does not inflate the way it inflates latency.
 
 Usage: python bench/load.py MODEL_DIR [--seconds 5] [--rounds 3] [--json runs/load.json]
 Needs ``wrk`` (Debian package) and a Redis at REDIS_URL (default redis://127.0.0.1:6379/14).
@@ -39,6 +40,14 @@ from contracts.versions import read_current
 
 KEY = "bench-key"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+PIDS: dict[str, int] = {}  # server url -> its process id, for CPU accounting
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (``/proc/<pid>/stat``): unlike latency on a shared machine,
+    the CPU a request costs does not grow with other people's load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -58,6 +67,7 @@ def server(model_dir: Path, port: int, index: str, redis_url: str, near_cache: b
             time.sleep(0.1)
         else:
             raise RuntimeError("server did not become ready")
+        PIDS[url] = process.pid
         yield url
     finally:
         process.terminate()
@@ -172,10 +182,11 @@ def main() -> None:
             for connections in (1, 16):
                 for name, target, what in SCENARIOS:
                     url = urls[target]
-                    before = cache_counts(url)
+                    before, cpu = cache_counts(url), cpu_seconds(PIDS[url])
                     script = scripts.get(what)
                     row = run_wrk(url + (hit_path if what == "hit" else what if script is None else ""),
                                   connections, args.seconds, script, (str(walked),))
+                    row["cpu_ms"] = 1e3 * (cpu_seconds(PIDS[url]) - cpu) / max(1.0, row["rps"] * args.seconds)
                     after = cache_counts(url)
                     row.update({k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses")})
                     walked += int(row["hits"] + row["misses"]) if what == "walk" else 0
@@ -187,7 +198,7 @@ def main() -> None:
                "rounds": args.rounds, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "read_your_writes": {"checked": 100, "reflected": reflected},
                "rows": [{"scenario": name, "connections": c,
-                         **{k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "rps")},
+                         **{k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "rps", "cpu_ms")},
                          **{k: sum(r[k] for r in rows) for k in ("hits", "misses", "non_2xx")}}
                         for (name, c), rows in sorted(runs.items(), key=lambda item: item[0][1])],
                "runs": [{"scenario": name, "connections": c, "runs": rows} for (name, c), rows in runs.items()]}
@@ -200,11 +211,11 @@ def markdown(results: dict) -> str:
     lines = [f"Model {results['model']}: {results['n_users']:,} users, {results['n_items']:,} items, "
              f"d={results['dim']}, {results['bits']} bits; medians of {results['rounds']} interleaved runs of "
              f"{results['seconds']} s; {results['machine']}.", "",
-             "| scenario | clients | p50 ms | p99 ms | req/s | cache hits / misses (all runs) | non-2xx |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| scenario | clients | p50 ms | p99 ms | req/s | server CPU ms/request | cache hits / misses (all runs) "
+             "| non-2xx |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:
         lines.append(f"| {r['scenario']} | {r['connections']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['rps']:,.0f} | {r['hits']:.0f} / {r['misses']:.0f} | {r['non_2xx']} |")
+                     f"{r['rps']:,.0f} | {r['cpu_ms']:.2f} | {r['hits']:.0f} / {r['misses']:.0f} | {r['non_2xx']} |")
     rw = results["read_your_writes"]
     lines += ["", f"Read-your-writes: {rw['reflected']}/{rw['checked']} reads right after a post already excluded "
                   "the posted item (uncached)."]

@@ -4,9 +4,9 @@ Read (``GET /recommend``): one store round trip returns the user's generation an
 under (model version, generation, k). On a miss the user's vector is the trained one, or, once the
 user posted interactions, the codes requantized for that generation (recomputed here if missing);
 training and posted items are excluded inside the index search. Concurrent misses on one key share
-one computation (per process). If the store is down the model alone answers, uncached; a user the model
-does not know may exist through its posts, which only the store holds, so it is refused as unavailable
-(503), not as unknown.
+one computation (per process), whose cache write is not waited for. If the store is down the model alone
+answers, uncached; a user the model does not know may exist through its posts, which only the store holds,
+so it is refused as unavailable (503), not as unknown.
 
 Write (``POST /interactions``): items are checked against the model first (nothing is applied if
 one is unknown), then the store logs the events and bumps the users' generations atomically, and
@@ -79,6 +79,7 @@ class Recommender:
     def __init__(self, registry: ModelRegistry, store: Store, settings: Settings, metrics: Metrics) -> None:
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._writes: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
 
     # --- read path --------------------------------------------------------------------------------
 
@@ -92,7 +93,7 @@ class Recommender:
             self.metrics.store_errors.labels("read_cached").inc()
             self.metrics.cache_misses.inc()
             rows, scores = self._search(model, self._without_store(model, user_id), k)
-            return self._body(model, user_id, rows, scores, False), False
+            return self._bodies(model, user_id, rows, scores)[1], False
         if body is not None and use_cache:
             self.metrics.cache_hits.inc()
             return body, True
@@ -104,32 +105,51 @@ class Recommender:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            body = await self._compute(model, user_id, generation, k)
+            body, writing = await self._compute(model, user_id, generation, k)
         except BaseException as error:
             del self._inflight[key]
             future.set_exception(error)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
             raise
         future.set_result(body)
-        # Keep the answer a moment: a request whose cache read left before the write landed still
-        # misses after this computation ends, and must reuse it rather than compute it again.
-        asyncio.get_running_loop().call_later(_SETTLE_SECONDS, self._inflight.pop, key, None)
+        # Keep the answer until a moment after the cache write landed: a request whose cache read left before
+        # then still misses, and must reuse this answer rather than compute it again.
+        loop = asyncio.get_running_loop()
+
+        def release(_: object = None) -> None:
+            loop.call_later(_SETTLE_SECONDS, self._inflight.pop, key, None)
+
+        if writing is None:
+            release()
+        else:
+            writing.add_done_callback(release)
         return body, False
 
-    async def _compute(self, model: ServedModel, user_id: str, generation: int, k: int) -> bytes:
+    async def _compute(self, model: ServedModel, user_id: str, generation: int,
+                       k: int) -> tuple[bytes, asyncio.Task | None]:
+        """The answer, and the task writing it to the cache (None when caching is off)."""
         if generation == 0:
             vector, exclude = self._trained_only(model, user_id)
         else:
             vector, exclude = await self._posted_user(model, user_id, generation)
         rows, scores = self._search(model, (vector, exclude), k)
-        if self.settings.cache_ttl_seconds > 0:
-            ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
-            try:
-                await self.store.write_cached(user_id, model.version, k, generation,
-                                              self._body(model, user_id, rows, scores, True), ttl)
-            except StoreUnavailable:
-                self.metrics.store_errors.labels("write_cached").inc()
-        return self._body(model, user_id, rows, scores, False)
+        cached, fresh = self._bodies(model, user_id, rows, scores)
+        if self.settings.cache_ttl_seconds <= 0:
+            return fresh, None
+        # Off the response path: the answer does not wait for Redis.
+        ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
+        task = asyncio.create_task(self._write_cached(user_id, model.version, k, generation, cached, ttl))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return fresh, task
+
+    async def _write_cached(self, user_id: str, version: str, k: int, generation: int, body: bytes,
+                            ttl: float) -> None:
+        """Best effort: a body that is not cached only costs the next read a recomputation."""
+        try:
+            await self.store.write_cached(user_id, version, k, generation, body, ttl)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("write_cached").inc()
 
     def _trained_only(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         row = model.users.get(user_id)
@@ -189,10 +209,13 @@ class Recommender:
         return rows, scores
 
     @staticmethod
-    def _body(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray, cached: bool) -> bytes:
-        items = [{"item_id": model.item_ids[r], "score": float(s)} for r, s in zip(rows.tolist(), scores, strict=True)]
-        return json.dumps({"user_id": user_id, "model_version": model.version, "items": items,
-                           "cached": cached}, separators=(",", ":")).encode()
+    def _bodies(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray) -> tuple[bytes, bytes]:
+        """The JSON body as cached and as answered now: serialised once, the ``cached`` flag spliced in."""
+        items = [{"item_id": model.item_ids[r], "score": s} for r, s in zip(rows.tolist(), scores.tolist(),
+                                                                            strict=True)]
+        head = json.dumps({"user_id": user_id, "model_version": model.version, "items": items},
+                          separators=(",", ":"))[:-1]
+        return f'{head},"cached":true}}'.encode(), f'{head},"cached":false}}'.encode()
 
     def similar_items(self, item_id: str, k: int) -> tuple[ServedModel, np.ndarray, np.ndarray]:
         """Items with the highest inner product with ``item_id``'s served vector (itself excluded)."""
