@@ -39,8 +39,9 @@ GNAQ_DISTILL = 1.0
 # Settings left unset are derived from the data (docs/method.md, "One default recipe"). A step costs one
 # full-graph propagation whatever its batch, so the batch grows with the data to keep about 48 steps an epoch;
 # the learning rate follows the batch as Gowalla's validation chose it (0.02 at 16384); the quantization-aware
-# stage fine-tunes a trained model at 5e-3 whatever the batch (what validation preferred where it was chosen). Distillation scores users x items each step: the users
-# per step shrink as the catalogue grows (Gowalla's 41k items: 256, as its timing chose).
+# stage fine-tunes a trained model at 5e-3 whatever the batch (what validation preferred where it was chosen).
+# Distillation scores users x items each step: the users per step shrink as the catalogue grows (Gowalla's 41k
+# items: 256, as its timing chose).
 STEPS_PER_EPOCH, BATCH_RANGE = 48, (2048, 16384)
 DISTILL_SCORES, DISTILL_USERS_RANGE = 10_000_000, (256, 1024)
 BASE_LR, BASE_BATCH, QAT_LR = 5e-3, 2048, 5e-3
