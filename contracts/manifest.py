@@ -66,8 +66,10 @@ class TrainingRecord(_Record):
     epochs_run: dict[str, int] = Field(description="epochs trained per stage")
     selected_epoch: dict[str, int] = Field(description="per stage, the epoch whose state was kept")
     seconds: float
-    device: str
+    device: str = Field(description="rank 0's device")
     torch: str
+    world_size: int = Field(1, description="training processes (ranks); their gradients were averaged each step")
+    backend: str | None = Field(None, description="torch.distributed backend (gloo, nccl); None: one process")
 
 
 class ModelInfo(_Record):
