@@ -104,6 +104,18 @@ def _child(args: argparse.Namespace, nodes: int, method: str, dim: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _run_plan(args: argparse.Namespace) -> list[dict]:
+    plan = [(n, m, d) for n in args.nodes for d in args.dims for m in args.methods]
+    if args.extra_dim_run:
+        nodes, dim = map(int, args.extra_dim_run.split(":"))
+        plan += [(nodes, m, dim) for m in args.methods]
+    rows = []
+    for nodes, method, dim in plan:
+        rows.append(_child(args, nodes, method, dim))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def fit_formula(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Least squares ``peak bytes = a*E + b*N*d + c`` per method: bytes per edge, per embedding value, fixed."""
     formulas = {}
@@ -135,20 +147,18 @@ def main() -> None:
     parser.add_argument("--distill-users", type=int, default=256, help="GNAQ's [distill] users (Gowalla's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="no runs: the rows of these earlier --out files, "
+                        "fitted and tabled together (written to --out)")
     parser.add_argument("--child", nargs=3, metavar=("NODES", "METHOD", "DIM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         nodes, method, dim = args.child
         print(json.dumps(_measure(int(nodes), method, int(dim), args.steps, args.batch, args.distill_users)))
         return
-    plan = [(n, m, d) for n in args.nodes for d in args.dims for m in args.methods]
-    if args.extra_dim_run:
-        nodes, dim = map(int, args.extra_dim_run.split(":"))
-        plan += [(nodes, m, dim) for m in args.methods]
-    rows = []
-    for nodes, method, dim in plan:
-        rows.append(_child(args, nodes, method, dim))
-        print(json.dumps(rows[-1]), flush=True)
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
+    else:
+        rows = _run_plan(args)
     formulas = fit_formula(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "formulas": formulas}, indent=1))

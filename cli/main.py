@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    args.raw_argv = argv  # what `gnaq train --nproc N` hands on to the ranks it starts
+    if args.command == "train":
+        args.raw_argv = argv  # what `gnaq train --nproc N` hands on to the ranks it starts
     handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve,
                "retrain": _retrain, "rollback": _rollback, "versions": _versions}[args.command]
     try:
