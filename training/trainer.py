@@ -147,7 +147,7 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
         optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
     start = validate() if cluster.is_main else {}
     history = [EpochRecord(stage, 0, None, 0.0, start)]
-    (best_score,) = cluster.decide(start.get(settings.metric, 0.0))
+    (best_score,) = cluster.decide(start[settings.metric] if cluster.is_main else 0.0)
     best_state, waited = copy.deepcopy(model.state_dict()), 0
     deadline = None if settings.max_seconds is None else time.perf_counter() + settings.max_seconds
     average = None if settings.ema is None else WeightAverage(model, settings.ema)
@@ -163,7 +163,7 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
         if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
             with nullcontext() if average is None else average.swapped_in():
                 record.valid = validate() if cluster.is_main else {}
-                (score,) = cluster.decide(record.valid.get(settings.metric, 0.0))
+                (score,) = cluster.decide(record.valid[settings.metric] if cluster.is_main else 0.0)
                 if score > best_score:
                     best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
                 else:
