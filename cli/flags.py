@@ -115,3 +115,25 @@ def train_config(args: argparse.Namespace, *, ignore: frozenset[str]) -> TrainCo
     base = read_config_file(args.config) if args.config else {}
     return TrainConfig(**merge_settings(base, settings_from_flags(args, ignore=ignore)))
 
+
+
+def _positive(kind: type) -> typing.Callable[[str], typing.Any]:
+    def parse(text: str) -> typing.Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """How many processes train (torchrun), and how long a rank waits for the others; not training settings."""
+    group = parser.add_argument_group("distributed training (torch.distributed: gloo on CPU, nccl on CUDA)")
+    group.add_argument("--nproc", type=_positive(int), default=None, metavar="N",
+                       help="train with N processes on this machine: gnaq starts them with torchrun --standalone; "
+                            "under torchrun (e.g. several nodes) it must equal the WORLD_SIZE torchrun set "
+                            "(default: one process, or as many as torchrun started). --batch-size is the global "
+                            "batch, split between the ranks, and the learning rates are those of that batch")
+    group.add_argument("--dist-timeout", type=_positive(float), default=1800.0, metavar="SECONDS",
+                       help="how long a rank waits for the others: at the rendezvous and at every collective, e.g. "
+                            "while rank 0 validates or writes the artifact (default: 1800)")

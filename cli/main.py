@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.flags import add_config_flags, add_section_flags, settings_from_flags, train_config
+from cli.flags import add_config_flags, add_distributed_flags, add_section_flags, settings_from_flags, train_config
 from training.config import TrainConfig
 
-_TRAIN_ARGS = frozenset({"command", "config"})
+_TRAIN_ARGS = frozenset({"command", "config", "nproc", "dist_timeout", "raw_argv"})
 _STATS_ARGS = frozenset({"command", "data_command", "dataset", "data_dir"})
 _RETRAIN_ARGS = frozenset({"command", "tolerance", "gate_confidence", "gate_min_users", "alert_after", "keep", "wait",
                            "force"})
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                     "[gnaq], [distill], [ptq], [bigear]), which a --config file sets as TOML tables.")
     train.add_argument("--config", type=Path, help="TOML or JSON file of settings and [sections]")
     add_config_flags(train)
+    add_distributed_flags(train)
     evaluate = commands.add_parser("evaluate", help="recompute an artifact's test metrics")
     evaluate.add_argument("artifact", type=Path, help="a version directory, or a model dir (uses CURRENT)")
     evaluate.add_argument("--dataset", help="dataset name or path (default: the one in the manifest)")
@@ -89,11 +90,20 @@ def config_of(argv: list[str]) -> TrainConfig:
 def _train(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from cli.launch import launched_here, torchrun
+    from training.distributed import cluster_from_environment, process_group
     from training.pipeline import run_training
 
     config = train_config(args, ignore=_TRAIN_ARGS)
-    with logging_redirect_tqdm():
-        result = run_training(config)
+    if launched_here(args.nproc):
+        return torchrun(args.raw_argv, args.nproc, config.resolved_model_dir())
+    cluster = cluster_from_environment(config.device, expected_world_size=args.nproc)
+    if not cluster.is_main:  # rank 0 speaks for the run; the others only say what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
+    with process_group(cluster, args.dist_timeout) as cluster, logging_redirect_tqdm():
+        result = run_training(config, cluster=cluster)
+    if result is None:
+        return 0
     manifest = result.manifest
     sizes = manifest.sizes
     print(f"artifact: {result.path}" + ("" if config.publish else " (not published)"))
@@ -114,6 +124,8 @@ def _train(args: argparse.Namespace) -> int:
                                                   chosen and f"on validation: {chosen}"])))
     print(f"size:  embeddings {sizes.embedding_bytes:,} B vs fp32 table {sizes.fp32_embedding_bytes:,} B "
           f"= {sizes.compression_ratio:.1f}x smaller; whole artifact {sizes.artifact_bytes:,} B")
+    if cluster.distributed:
+        print(f"ranks: {cluster.world_size} ({cluster.backend}), global batch {config.bpr.batch_size}")
     return 0
 
 
@@ -226,7 +238,10 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gnaq`` console script; errors become one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if args.command == "train":
+        args.raw_argv = argv  # what `gnaq train --nproc N` hands on to the ranks it starts
     handler = {"train": _train, "evaluate": _evaluate, "data": _stats, "serve": _serve,
                "retrain": _retrain, "rollback": _rollback, "versions": _versions}[args.command]
     try:

@@ -68,10 +68,12 @@ class TrainingRecord(_Record):
     epochs_run: dict[str, int] = Field(description="epochs trained per stage")
     selected_epoch: dict[str, int] = Field(description="per stage, the epoch whose state was kept")
     seconds: float
-    device: str
+    device: str = Field(description="rank 0's device")
     torch: str
     choices: dict[str, Any] = Field(default_factory=dict, description="settings the default recipe derived from "
                                     "the data, and variants it chose on validation with each candidate's score")
+    world_size: int = Field(1, description="training processes (ranks); their gradients were averaged each step")
+    backend: str | None = Field(None, description="torch.distributed backend (gloo, nccl); None: one process")
 
 
 class ModelInfo(_Record):

@@ -29,6 +29,7 @@ from model.quantizers import EmbeddingQuantizer, GNAQQuantizer, UniformQuantizer
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 from training.config import Schedule, TrainConfig
 from training.datasets import load_dataset
+from training.distributed import Cluster, cluster_device
 from training.evaluate import evaluate_ranking, pairs_to_csr
 from training.interactions import Interactions, reindex
 from training.plots import training_curve_png
@@ -49,6 +50,7 @@ class Workspace:
     valid_pairs: np.ndarray
     adjacency: torch.Tensor
     device: torch.device
+    cluster: Cluster = field(default_factory=Cluster)
     choices: dict = field(default_factory=dict)  # what the default recipe derived or chose (manifest)
 
     def csr(self, pairs: np.ndarray) -> sp.csr_matrix:
@@ -70,9 +72,13 @@ def load_data(config: TrainConfig, data_dir: str | None = None) -> Interactions:
 
 
 def prepare(config: TrainConfig, data: Interactions | None = None,
-            valid_pairs: np.ndarray | None = None) -> Workspace:
+            valid_pairs: np.ndarray | None = None, cluster: Cluster | None = None) -> Workspace:
     """Load the dataset (unless given), carve the validation split (unless given), derive the settings left
-    unset from the data, build the graph."""
+    unset from the data, build the graph.
+
+    With several ranks each loads and carves alike (same seed); they are checked to hold the same data and settings.
+    """
+    cluster = cluster or Cluster()
     torch.manual_seed(config.seed)
     if data is None:
         data = load_data(config)
@@ -81,10 +87,16 @@ def prepare(config: TrainConfig, data: Interactions | None = None,
     else:  # e.g. retraining: validate on exactly the pairs the current model was validated on
         fit_pairs = without_pairs(data.train, valid_pairs)
     _check_size(config, data, valid_pairs)
+    cluster.check_same("training settings", config.model_dump(mode="json", exclude={"progress", "device"}))
+    cluster.check_same("data", [data.fingerprint(), len(fit_pairs), int(fit_pairs.sum()), int(valid_pairs.sum())])
     config, derived = config.for_data(len(fit_pairs), data.n_items)
-    device = torch.device(config.device)
+    if cluster.world_size > config.bpr.batch_size:
+        raise ValueError(f"--batch-size {config.bpr.batch_size} is the global batch, split between the "
+                         f"{cluster.world_size} ranks: it must be at least the number of ranks")
+    device = cluster_device(cluster, config.device)
     adjacency = normalized_adjacency(fit_pairs, data.n_users, data.n_items, device)
-    return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device, {"derived": derived} if derived else {})
+    return Workspace(config, data, fit_pairs, valid_pairs, adjacency, device, cluster,
+                     {"derived": derived} if derived else {})
 
 
 def _check_size(config: TrainConfig, data: Interactions, valid_pairs: np.ndarray) -> None:
@@ -142,25 +154,47 @@ def _settings(config: TrainConfig, stage: Schedule) -> FitSettings:
 
 
 def _fp32_cache_path(ws: Workspace) -> Path:
-    """Cache key: the data and every setting the fp32 stage depends on, so quantized runs share one warm start."""
-    key = json.dumps([ws.data.fingerprint(), ws.config.fp32_settings()], sort_keys=True)
+    """Cache key: the data and every setting the fp32 stage depends on, so quantized runs share one warm start.
+
+    Several ranks draw other negatives than one process: their warm start is cached apart, per world size.
+    """
+    ranks = [ws.cluster.world_size] if ws.cluster.distributed else []
+    key = json.dumps([ws.data.fingerprint(), ws.config.fp32_settings(), *ranks], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return ws.config.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
 
 
+def _rngs(ws: Workspace, seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(batch order, negatives): one generator in one process; with several ranks the order is drawn alike on
+    every rank (they split each global batch) and the negatives per rank, from a seed of its own."""
+    order = np.random.default_rng(seed)
+    return order, (np.random.default_rng([seed, ws.cluster.rank]) if ws.cluster.distributed else order)
+
+
 def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
-    """The fp32 LightGCN (also GNAQ's warm start), reused from the cache when already trained."""
-    c, data = ws.config, ws.data
+    """The fp32 LightGCN (also GNAQ's warm start), reused from the cache when already trained.
+
+    With several ranks, rank 0 alone reads and writes the cache and its weights are broadcast.
+    """
+    c, data, cluster = ws.config, ws.data, ws.cluster
     model = LightGCN(data.n_users, data.n_items, c.dim, c.layers).to(ws.device)
     cache = _fp32_cache_path(ws)
-    if cache.exists():
-        saved = torch.load(cache, map_location=ws.device, weights_only=False)
-        model.load_state_dict(saved["state"])
-        log.info("reusing the fp32 warm start %s", cache)
-        return model, [EpochRecord(**r) for r in saved["history"]]
-    rng = np.random.default_rng(c.seed)
-    history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-                  _validator(ws, model), _settings(c, c.fp32), stage="fp32", rng=rng, progress=c.progress)
+    (cached,) = cluster.decide(float(cluster.is_main and cache.exists()))
+    if cached:
+        history = []
+        if cluster.is_main:
+            saved = torch.load(cache, map_location=ws.device, weights_only=False)
+            model.load_state_dict(saved["state"])
+            history = [EpochRecord(**r) for r in saved["history"]]
+            log.info("reusing the fp32 warm start %s", cache)
+        cluster.broadcast_module(model)
+        return model, history
+    order, negatives = _rngs(ws, c.seed)
+    history = fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
+                  _validator(ws, model), _settings(c, c.fp32), stage="fp32", rng=order,
+                  progress=c.progress and cluster.is_main, cluster=cluster)
+    if not cluster.is_main:
+        return model, history
     cache.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"state": model.state_dict(), "history": [asdict(r) for r in history]}, buffer)
@@ -207,13 +241,14 @@ def choose_gnaq_variant(ws: Workspace, model: LightGCN) -> None:
         for candidate in candidates:
             config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=candidate), "qat": trial_stage})
             history = _quantization_aware(ws, model, config, stage="select")
-            trials.append({**candidate, c.selection_metric: max(r.valid[c.selection_metric] for r in history
-                                                                if r.valid)})
+            scores = [r.valid[c.selection_metric] for r in history if r.valid]  # validated on rank 0 only
+            (score,) = ws.cluster.decide(max(scores) if ws.cluster.is_main else 0.0)
+            trials.append({**candidate, c.selection_metric: score})
             model.quantizer = None
             model.load_state_dict(warm)
         best = max(t[c.selection_metric] for t in trials)
         chosen = candidates[next(i for i, t in enumerate(trials) if t[c.selection_metric] == best)]
-        spent = (time.perf_counter() - started) / 60
+        (spent,) = ws.cluster.decide((time.perf_counter() - started) / 60)  # rank 0's clock, as in ``fit``
         if c.qat.minutes is not None:
             c = c.model_copy(update={"qat": c.qat.model_copy(update={"minutes": max(c.qat.minutes - spent, 0.01)})})
         log.info("GNAQ variant chosen on validation: %s (%s)", chosen, trials)
@@ -243,18 +278,19 @@ def _quantization_aware(ws: Workspace, model: LightGCN, c: TrainConfig, stage: s
         quantizer = _baseline_quantizer(ws, model)
     distillation = None
     if c.distill_weight > 0:  # the teacher: the fp32 model as it is before its quantizer is attached
-        with torch.no_grad():
+        with torch.no_grad():  # with several ranks each distils its share of the users of a step
             distillation = ListwiseDistillation(
                 model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
-                temperature=c.distill.temperature, users_per_step=c.distill.users,
+                temperature=c.distill.temperature, users_per_step=-(-c.distill.users // ws.cluster.world_size),
                 exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None)
     model.quantizer = quantizer
-    rng = np.random.default_rng(c.seed + 1)
-    return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, rng),
-               _validator(ws, model), _settings(c, c.qat), stage=stage or f"{c.method}-{c.bits}bit", rng=rng,
-               progress=c.progress, extra_loss=distillation, lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
+    order, negatives = _rngs(ws, c.seed + 1)
+    return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
+               _validator(ws, model), _settings(c, c.qat), stage=stage or f"{c.method}-{c.bits}bit", rng=order,
+               progress=c.progress and ws.cluster.is_main, extra_loss=distillation,
+               lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
                if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
-               after_epoch=_refinement_schedule(ws, model))
+               after_epoch=_refinement_schedule(ws, model), cluster=ws.cluster)
 
 
 def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None] | None:
@@ -309,20 +345,39 @@ def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]
 
 
 def run_training(config: TrainConfig, *, data: Interactions | None = None,
-                 valid_pairs: np.ndarray | None = None) -> TrainResult:
+                 valid_pairs: np.ndarray | None = None, cluster: Cluster | None = None) -> TrainResult | None:
     """Train, select on validation, test once, export the artifact (published unless told not to).
 
     ``data`` and ``valid_pairs`` replace the configured dataset and validation carve (``gnaq retrain``).
+    With several ranks (``cluster``) every rank trains its share; rank 0 tests and writes while the others wait
+    at a barrier, so a failure of rank 0 fails them all; the others return ``None``.
     """
     started = time.perf_counter()
-    ws = prepare(config, data, valid_pairs)
+    cluster = cluster or Cluster()
+    ws = prepare(config, data, valid_pairs, cluster)
     model, history = train_full_precision(ws)
-    test_split = ws.csr(ws.data.train), ws.csr(ws.data.test)
     warm_start_test = None
-    if config.method != "fp32":  # the fp32 reference on the same split, for the ratio users ask first
-        warm_start_test = rank_tables(*served_tables(model, ws.adjacency), *test_split, config.ks, ws.device)
+    if config.method != "fp32":
+        if cluster.is_main:  # the fp32 reference on the same split, for the ratio users ask first
+            warm_start_test = rank_tables(*served_tables(model, ws.adjacency), ws.csr(ws.data.train),
+                                          ws.csr(ws.data.test), config.ks, ws.device)
         history = history + quantize(ws, model)
+    if not cluster.is_main:
+        cluster.barrier("waiting for rank 0 to test the model and write the artifact")
+        return None
+    result = _export(ws, model, history, started, warm_start_test)
+    try:
+        cluster.barrier("releasing the other ranks")
+    except RuntimeError as error:  # the version is written: report it rather than fail the run
+        log.warning("version %s written, but the other ranks did not wait for it: %s", result.path.name, error)
+    return result
+
+
+def _export(ws: Workspace, model: LightGCN, history: list[EpochRecord], started: float,
+            warm_start_test: dict[str, float] | None) -> TrainResult:
+    """Rank 0's last step: the served tables, validated and tested once, written as a new version."""
     config = ws.config  # with what was derived from the data and chosen on validation
+    test_split = ws.csr(ws.data.train), ws.csr(ws.data.test)
     user, item = served_tables(model, ws.adjacency)
     valid = _validator(ws, model)()
     test = rank_tables(user, item, *test_split, config.ks, ws.device)
@@ -336,7 +391,8 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
         served=_served_description(model),
         training=TrainingRecord(epochs_run={r.stage: r.epoch for r in history},
                                 selected_epoch=_selected(history, config), seconds=time.perf_counter() - started,
-                                device=str(ws.device), torch=torch.__version__, choices=ws.choices),
+                                device=str(ws.device), torch=torch.__version__, choices=ws.choices,
+                                world_size=ws.cluster.world_size, backend=ws.cluster.backend),
         config=config.recorded())
     # Degrees fold new users in; the validation pairs let a retrain gate on data neither model trained on.
     arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:],

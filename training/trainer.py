@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from model.lightgcn import LightGCN
+from training.distributed import Cluster
 from training.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
@@ -87,18 +88,25 @@ class EpochRecord:
 def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Tensor,
                 pairs: np.ndarray, sampler: NegativeSampler, settings: FitSettings,
                 rng: np.random.Generator, extra_loss: ExtraLoss | None = None,
-                average: WeightAverage | None = None) -> float:
+                average: WeightAverage | None = None, cluster: Cluster | None = None) -> float:
     """One pass over every training interaction in shuffled mini-batches; returns the mean loss.
 
     ``extra_loss(final, users)``, if given, is added to each step's BPR + L2 loss (e.g. distillation);
-    ``average``, if given, is updated after every step.
+    ``average``, if given, is updated after every step. With several ranks (``cluster``), ``rng`` must draw the
+    same order on every rank: each global batch of ``settings.batch_size`` triples is split between the ranks,
+    each rank draws its negatives with its own ``sampler``, and the gradients are averaged before each step. A
+    last global batch with fewer rows than ranks is left out (its rows are in the next epoch's shuffle).
     """
+    cluster = cluster or Cluster()
     model.train()
     device = adjacency.device
     order = rng.permutation(len(pairs))
     total, batches = 0.0, 0
     for start in range(0, len(order), settings.batch_size):
         batch = pairs[order[start:start + settings.batch_size]]
+        if len(batch) < cluster.world_size:
+            break
+        batch = cluster.shard(batch)
         negatives = sampler.sample(batch[:, 0], settings.negatives)
         users, pos, neg = (torch.from_numpy(a).to(device) for a in (batch[:, 0], batch[:, 1], negatives))
         final = model(adjacency)
@@ -106,19 +114,20 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
         loss = bpr + reg if extra_loss is None else bpr + reg + extra_loss(final, users)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        cluster.average_gradients(model)
         optimizer.step()
         if average is not None:
             average.update()
         total += loss.item()
         batches += 1
-    return total / max(batches, 1)
+    return cluster.mean(total / max(batches, 1))
 
 
 def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
         validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
         rng: np.random.Generator, progress: bool = True,
         extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None,
-        after_epoch: Callable[[int], None] | None = None) -> list[EpochRecord]:
+        after_epoch: Callable[[int], None] | None = None, cluster: Cluster | None = None) -> list[EpochRecord]:
     """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
 
     The best state is chosen on the validation split only (``validate`` scores the served vectors);
@@ -127,26 +136,34 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
     the averaged weights are what is validated and kept; training continues from the raw ones.
     ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
     ``after_epoch(epoch)``, if given, runs after each epoch's training, before its validation.
+    With several ranks (``cluster``) every rank calls ``fit`` alike; rank 0 alone runs ``validate`` and keeps the
+    clock, and broadcasts the score and the time-budget verdict, so every rank takes the same decisions (stop,
+    learning rate, best state) and ends at the same state. Only rank 0's history carries the validation scores.
     """
+    cluster = cluster or Cluster()
+    cluster.broadcast_module(model)  # every rank starts the stage from rank 0's weights
     optimizer = torch.optim.Adam(_parameter_groups(model, settings.lr, lr_scales or {}), lr=settings.lr)
     plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
-    history = [EpochRecord(stage, 0, None, 0.0, validate())]
-    best_score, best_state, waited = history[0].valid[settings.metric], copy.deepcopy(model.state_dict()), 0
+    start = validate() if cluster.is_main else {}
+    history = [EpochRecord(stage, 0, None, 0.0, start)]
+    (best_score,) = cluster.decide(start[settings.metric] if cluster.is_main else 0.0)
+    best_state, waited = copy.deepcopy(model.state_dict()), 0
     deadline = None if settings.max_seconds is None else time.perf_counter() + settings.max_seconds
     average = None if settings.ema is None else WeightAverage(model, settings.ema)
     bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
-        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss, average)
+        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss, average, cluster)
         if after_epoch is not None:
             after_epoch(epoch)
         record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
-        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        (late,) = cluster.decide(float(deadline is not None and time.perf_counter() >= deadline))
+        out_of_time = bool(late)
         if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
             with nullcontext() if average is None else average.swapped_in():
-                record.valid = validate()
-                score = record.valid[settings.metric]
+                record.valid = validate() if cluster.is_main else {}
+                (score,) = cluster.decide(record.valid[settings.metric] if cluster.is_main else 0.0)
                 if score > best_score:
                     best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
                 else:
