@@ -115,7 +115,8 @@ class ProblemDetails(BaseModel):
     detail: str = Field(description="what happened to this request, and what to do")
     instance: str = Field(description="the request path")
     errors: list[ProblemError] = Field(None, description="validation-error: each invalid field")
-    unknown_items: list[str] = Field(None, description="unknown-item: the item ids not in the model")
+    added_items: int = Field(None, description="item-cap-reached: items added since the model was trained")
+    cap: int = Field(None, description="item-cap-reached: the most that may be added (GNAQ_MAX_ADDED_ITEMS)")
     outcome: Literal["not-recorded", "unknown"] = Field(
         None, description="store-unavailable on a write: not-recorded (nothing was applied) or unknown "
         "(it may have been; retry with the same Idempotency-Key)")

@@ -40,6 +40,10 @@ class ItemIndex(Protocol):
         """Resident bytes per item of the index structures."""
         ...
 
+    def add(self, extra: EmbeddingTable) -> None:
+        """Append ``extra``'s rows in place, as rows ``n_items, n_items + 1, ...`` (items folded in later)."""
+        ...
+
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the ``k`` largest finite scores, best first (ties by row id, as FAISS breaks them)."""
@@ -75,6 +79,11 @@ class FloatIndex:
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
+    def add(self, extra: EmbeddingTable) -> None:
+        vectors = np.ascontiguousarray(extra.dequantize(), dtype=np.float32)
+        self._index.add_with_ids(vectors, np.arange(self.n_items, self.n_items + len(vectors), dtype=np.int64))
+        self.n_items += len(vectors)
+
     def bytes_per_item(self) -> float:
         return 4 * self.dim + 8 + 16
 
@@ -94,18 +103,33 @@ class CodeIndex:
             raise TypeError("the codes index needs a quantized item table with one scale and offset per row "
                             "(use GNAQ_INDEX=float for this model)")
         bits, (self.n_items, self.dim) = int(table.bits), table.codes.shape
-        self._per_key = 8 // bits  # dimensions whose codes share one byte-sized key
+        self._bits, self._per_key = bits, 8 // bits  # dimensions whose codes share one byte-sized key
         self._n_keys = -(-self.dim // self._per_key)
-        padded = np.zeros((self.n_items, self._n_keys * self._per_key), dtype=np.uint16)
-        padded[:, :self.dim] = table.codes
-        shifts = bits * np.arange(self._per_key - 1, -1, -1, dtype=np.uint16)
-        keys = (padded.reshape(self.n_items, self._n_keys, self._per_key) << shifts).sum(axis=2)
-        self._keys = np.ascontiguousarray(keys.T.astype(np.uint8))  # (n_keys, n_items): one row per table
-        digits = (np.arange(256)[:, None] >> shifts.astype(np.int64)) & ((1 << bits) - 1)
+        self._keys = self._pack(table.codes)  # (n_keys, n_items): one row per table
+        shifts = bits * np.arange(self._per_key - 1, -1, -1, dtype=np.int64)
+        digits = (np.arange(256)[:, None] >> shifts) & ((1 << bits) - 1)
         self._digits = digits.T.astype(np.float64)  # (per_key, 256): the code of each dim in each key
         self._scale, self._offset = table.scale, table.offset  # float16, widened exactly when scoring
         self._dim_scale = None if table.dim_scale is None else table.dim_scale.astype(np.float64)
         self._dim_center = None if table.dim_center is None else table.dim_center.astype(np.float64)
+
+    def _pack(self, codes: np.ndarray) -> np.ndarray:
+        """``(n_keys, n)`` uint8 keys of ``(n, dim)`` codes: ``per_key`` consecutive codes per byte."""
+        padded = np.zeros((len(codes), self._n_keys * self._per_key), dtype=np.uint16)
+        padded[:, :self.dim] = codes
+        shifts = self._bits * np.arange(self._per_key - 1, -1, -1, dtype=np.uint16)
+        keys = (padded.reshape(len(codes), self._n_keys, self._per_key) << shifts).sum(axis=2)
+        return np.ascontiguousarray(keys.T.astype(np.uint8))
+
+    def add(self, extra: EmbeddingTable) -> None:
+        if not (self.supports(extra) and extra.bits == self._bits and extra.dim == self.dim):
+            raise TypeError(f"rows added to a {self._bits}-bit codes index must be {self._bits}-bit codes of width "
+                            f"{self.dim} with one scale and offset each")
+        n, old = extra.n_rows, (self.n_items,)  # per-table parameters become per-row ones
+        self._keys = np.ascontiguousarray(np.concatenate([self._keys, self._pack(extra.codes)], axis=1))
+        self._scale = np.concatenate([np.broadcast_to(self._scale, old), np.broadcast_to(extra.scale, (n,))])
+        self._offset = np.concatenate([np.broadcast_to(self._offset, old), np.broadcast_to(extra.offset, (n,))])
+        self.n_items += n
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """float64 inner products of ``query`` with every decoded item vector."""
