@@ -4,8 +4,9 @@ The propagation rule is symmetric: an item's first-hop view is ``z_i = sum_u x_u
 users who interacted with it (``model.foldin.fold_in`` with the roles swapped), built from the users' served
 vectors. Unlike a user's vector (a query, where only the direction matters), an item's norm competes with every
 trained item's in other users' rankings, so the vector is put on the trained items' scale: the same rule applied
-to every trained item gives ``f_i``, and ``log(|x_i| / |f_i|) = a + b log |U_i|`` is fitted over them (least
-squares; items with as many users get the norm trained items with as many users have).
+to every trained item gives ``f_i``, and a new item's vector is scaled by the median ``|x_i| / |f_i|`` of the trained
+items with about as many users (same ``floor(log2 |U_i|)``; the relation is far from a power law: it falls, then
+rises again, as the model fits rare items more loosely), so it gets the norm trained items of its popularity have.
 
 The row is quantized node-aware exactly as the trained item rows are stored, so it can be appended to the item
 index (float or codes): the item table's bits, per-dimension scale and mean vector; a grid from the row's own mean
@@ -25,27 +26,27 @@ from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 
 def norm_fit(user_vectors: np.ndarray, user_degree: np.ndarray, pairs: np.ndarray,
-             item_vectors: np.ndarray) -> tuple[float, float]:
-    """``(a, b)`` of ``log(|x_i| / |f_i|) ~ a + b log |U_i|`` over the trained items (``pairs``: (user, item))."""
+             item_vectors: np.ndarray) -> np.ndarray:
+    """Median ``|x_i| / |f_i|`` of the trained items by ``floor(log2 |U_i|)`` (``pairs``: (user, item)); a bucket
+    with no item takes its nearest filled one's, and 1 when nothing is known."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     n_items = len(item_vectors)
     count = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float64)
     if not len(pairs):
-        return 0.0, 0.0
+        return np.ones(1)
     weight = 1.0 / np.sqrt(count[pairs[:, 1]] * np.maximum(user_degree[pairs[:, 0]], 1.0))
     adjacency = torch.sparse_coo_tensor(torch.from_numpy(pairs[:, ::-1].T.copy()),
                                         torch.from_numpy(weight.astype(np.float32)), (n_items, len(user_vectors)),
                                         check_invariants=False)
     folded = torch.sparse.mm(adjacency, torch.from_numpy(np.ascontiguousarray(user_vectors, np.float32))).numpy()
     ratio_of = np.linalg.norm(item_vectors, axis=1) / np.maximum(np.linalg.norm(folded, axis=1), 1e-12)
-    keep = (count > 0) & (ratio_of > 0)
-    if keep.sum() < 2:
-        return float(np.log(np.median(ratio_of[keep]))) if keep.any() else 0.0, 0.0
-    x, y = np.log(count[keep]), np.log(ratio_of[keep])
-    if np.ptp(x) == 0:
-        return float(y.mean()), 0.0
-    b, a = np.polyfit(x, y, 1)
-    return float(a), float(b)
+    keep = (count > 0) & (ratio_of > 0) & np.isfinite(ratio_of)
+    if not keep.any():
+        return np.ones(1)
+    bucket = np.floor(np.log2(count[keep])).astype(np.int64)
+    filled = np.unique(bucket)
+    medians = {b: float(np.median(ratio_of[keep][bucket == b])) for b in filled}
+    return np.array([medians[filled[np.abs(filled - b).argmin()]] for b in range(int(filled.max()) + 1)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,14 +54,14 @@ class ItemFoldIn:
     """Everything needed to build one new item's served row from the users who interacted with it.
 
     ``user_table``: the served users; ``user_degree``: their degrees in the training graph; ``item_table``: the
-    served items (the new row takes their form); ``fit``: ``norm_fit``'s ``(a, b)``; ``user_theta``: GNAQ's
+    served items (the new row takes their form); ``fit``: ``norm_fit``'s ratios; ``user_theta``: GNAQ's
     refined ``(rho, delta)`` per user, if stored; ``clip``, ``layers``: the quantizer's step and ``L``.
     """
 
     user_table: EmbeddingTable
     user_degree: np.ndarray
     item_table: EmbeddingTable
-    fit: tuple[float, float] = (0.0, 0.0)
+    fit: np.ndarray | None = None
     clip: float = 0.8
     user_theta: np.ndarray | None = None
     layers: int = 0
@@ -71,8 +72,8 @@ class ItemFoldIn:
         if users.size and (users.min() < 0 or users.max() >= len(self.user_degree)):
             raise ValueError(f"user index out of range 0..{len(self.user_degree) - 1}")
         folded = fold_in(self.user_table.dequantize(users), self.user_degree[users], np.arange(len(users)))
-        a, b = self.fit
-        return (folded * np.exp(a + b * np.log(len(users)))).astype(np.float32)
+        scale = 1.0 if self.fit is None else self.fit[min(int(np.log2(len(users))), len(self.fit) - 1)]
+        return (folded * scale).astype(np.float32)
 
     def item(self, users: np.ndarray) -> EmbeddingTable:
         """The item's one-row table in the item table's stored form (float32 for fp32 or segmented rows)."""
