@@ -189,3 +189,23 @@ def test_the_retrain_trains_added_items_and_the_old_state_goes(model_dir, redis_
         assert not r.keys(f"gnaq:added:{new}:*")
         assert _post(client, [(artifact.user_ids[5], "nightly-item")]).json()["users"][0]["new_user"] is False
         assert not r.keys(f"gnaq:added:{new}:*")  # a trained item is no longer added
+
+
+def test_items_a_new_model_lacks_are_carried_over(backend, model_dir, tmp_path):
+    """An item first posted while the retrain ran is not in the new model: it stays served, under the new one."""
+    from contracts.versions import add_version
+
+    artifact = read_current(model_dir)
+    with TestClient(create_app(_settings(model_dir, backend, tmp_path, reload_poll_seconds=0.1))) as client:
+        assert _post(client, [(artifact.user_ids[0], "late-item"), (artifact.user_ids[1], "late-item")]).status_code \
+            == 200
+        before = client.get("/items/late-item/similar").json()
+        add_version(model_dir, artifact, version="v2")  # trained without it
+        deadline = time.monotonic() + 10
+        while (reply := client.get("/items/late-item/similar")).json().get("model_version") != "v2":
+            assert time.monotonic() < deadline, f"not served under the new version: {reply.text}"
+            time.sleep(0.05)
+        assert reply.json()["items"] == before["items"]
+        assert client.app.state.registry.model.added.generation("late-item") == 1  # carried, folded in again
+        assert _post(client, [(artifact.user_ids[2], "late-item")]).status_code == 200
+        assert client.app.state.registry.model.added.generation("late-item") == 2

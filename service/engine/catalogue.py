@@ -6,8 +6,10 @@ posts has no vector of its own to give), serves the row at once and saves it und
 store announces it and every other replica appends it to its own index. Announcements can be missed (a replica
 starting, a dropped subscription) and a save can be lost (the store failing after the post was recorded), so each
 replica also reads every added item back (``sync``): when it (re)subscribes, after each model swap and every
-``GNAQ_ITEM_SYNC_SECONDS``; a row older than its item's generation is recomputed there. A version's item state
-is retired once a newer model is swapped in: the retrain that built it trained on those interactions.
+``GNAQ_ITEM_SYNC_SECONDS``; a row older than its item's generation is recomputed there. After a swap, the old
+version's added items that the new model was trained with are dropped (the retrain has their interactions: nothing
+is counted twice), those it lacks (first posted while it was being trained) are carried over to the new version,
+and the old version's item state is retired.
 """
 
 from __future__ import annotations
@@ -91,15 +93,23 @@ class Catalogue:
 
     def _swapped(self, previous: ServedModel | None, model: ServedModel) -> None:
         self.metrics.items_added.set(len(model.added))
-        self._spawn(self.sync(model))
-        if previous is not None and previous.version != model.version:
-            self._spawn(self._retire(previous.version))
+        if previous is None or previous.version == model.version:
+            self._spawn(self.sync(model))
+        else:
+            self._spawn(self._succeed(previous.version, model))
 
-    async def _retire(self, version: str) -> None:
+    async def _succeed(self, old: str, model: ServedModel) -> None:
+        """After a swap: carry the old version's added items the new model lacks (posted after the retrain read
+        the log), catch up, then retire the old version's item state."""
         try:
-            await self.store.retire_items(version)
-        except StoreUnavailable:
-            self.metrics.store_errors.labels("retire_items").inc()
+            lacking = [i for i in await self.store.load_added_items(old) if i not in model.items]
+            if lacking:
+                await self.store.carry_items(old, model.version, lacking)
+            await self.sync(model)
+            await self.store.retire_items(old)
+        except StoreUnavailable:  # the old state stays; the next catch-up still serves what was carried
+            self.metrics.store_errors.labels("carry_items").inc()
+            await self.sync(model)
 
     async def sync(self, model: ServedModel) -> int:
         """Catch up with every item added to ``model``'s version; how many rows changed here."""

@@ -166,6 +166,11 @@ class Store(Protocol):
         """An added item's generation and users (to recompute a row whose save was lost)."""
         ...
 
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        """Add ``item_ids``' users under ``old`` to their state under ``new`` and bump their generations there:
+        items the new model was not trained with (first posted while it was being trained) stay added."""
+        ...
+
     async def retire_items(self, version: str) -> None:
         """``version`` is no longer served here: its item state may go (after a grace for replicas still on it)."""
         ...

@@ -176,6 +176,22 @@ class LocalStore:
         with self._lock:
             return self._item_state(version, item_id)
 
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for item_id in item_ids:
+                    self._db.execute("INSERT OR IGNORE INTO added_item_users SELECT ?, item_id, user_id FROM "
+                                     "added_item_users WHERE version = ? AND item_id = ?", (new, old, item_id))
+                    self._db.execute(
+                        "INSERT INTO added_items (version, item_id, generation) SELECT ?, item_id, generation "
+                        "FROM added_items WHERE version = ? AND item_id = ? ON CONFLICT(version, item_id) "
+                        "DO UPDATE SET generation = generation + excluded.generation", (new, old, item_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     async def retire_items(self, version: str) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

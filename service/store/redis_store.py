@@ -134,6 +134,16 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
+# Carry items from one version's state to another's. KEYS: the old prefix, the new one. ARGV: the item ids.
+_CARRY_ITEMS = """
+for _, item in ipairs(ARGV) do
+  local users = KEYS[2] .. 'users:' .. item
+  redis.call('SUNIONSTORE', users, users, KEYS[1] .. 'users:' .. item)
+  redis.call('SADD', KEYS[2] .. 'ids', item)
+  redis.call('HINCRBY', KEYS[2] .. 'gen', item, tonumber(redis.call('HGET', KEYS[1] .. 'gen', item) or '1'))
+end
+return 1
+"""
 # Let a version's item state expire. KEYS: its key prefix. ARGV: seconds.
 _RETIRE_ITEMS = """
 for _, item in ipairs(redis.call('SMEMBERS', KEYS[1] .. 'ids')) do
@@ -174,6 +184,7 @@ class RedisStore:
         self._record = self._writer.register_script(_RECORD)
         self._save_item = self._writer.register_script(_SAVE_ITEM)
         self._retire_items = self._writer.register_script(_RETIRE_ITEMS)
+        self._carry_items = self._writer.register_script(_CARRY_ITEMS)
         self.channel = f"{KEY_PREFIX}invalidate"
         self.items_channel = f"{KEY_PREFIX}items"
         self._on_saved: Callable[[str, str, int, bytes, float], None] | None = None
@@ -335,6 +346,10 @@ class RedisStore:
 
         generation, users = await self._call(fetch)
         return ItemState(int(generation or 0), frozenset(u.decode() for u in users))
+
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        await self._call(lambda: self._carry_items(keys=[self._added(old), self._added(new)], args=item_ids,
+                                                   client=self._writer))
 
     async def retire_items(self, version: str) -> None:
         await self._call(lambda: self._retire_items(keys=[self._added(version)], args=[RETIRE_GRACE_SECONDS],
