@@ -45,6 +45,27 @@ def test_code_index_ranks_like_the_dequantized_float_index(bits, per_node, centr
         np.testing.assert_allclose(scores_c, scores_f, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("per_node", [True, False])
+def test_rows_added_to_an_index_score_as_if_built_with_it(per_node):
+    """``ItemIndex.add`` (issue 20): rows appended after the build rank exactly as in an index built with them."""
+    table, extra = _table(2, n=400, per_node=per_node, centred=True), _table(2, n=7, seed=3, centred=True)
+    extra = QuantizedTable(extra.codes, extra.scale, extra.offset, 2, table.dim_scale, table.dim_center)
+    whole = np.concatenate([table.dequantize(), extra.dequantize()])
+    query = np.random.default_rng(2).standard_normal(table.dim).astype(np.float32)
+    exact = whole.astype(np.float64) @ query.astype(np.float64)
+    for index in (build_index("codes", table), build_index("float", table)):
+        for n in range(extra.n_rows):  # one at a time, as the service adds them
+            index.add(QuantizedTable(extra.codes[n:n + 1], extra.scale[n:n + 1], extra.offset[n:n + 1], 2,
+                                     table.dim_scale, table.dim_center))
+        assert index.n_items == 407
+        rows, scores = index.search(query, 407, np.array([0, 401]))
+        assert len(rows) == 405 and 0 not in rows and 401 not in rows
+        np.testing.assert_allclose(scores, exact[rows], rtol=1e-4, atol=1e-4)
+        assert (np.diff(exact[rows]) <= 1e-4).all()
+    with pytest.raises(TypeError, match="2-bit codes"):
+        build_index("codes", table).add(_table(4, n=1))
+
+
 def test_memory_per_item_of_each_index():
     table = _table(2, d=64)
     assert CodeIndex(table).bytes_per_item() == 16 + 4  # 64 dims x 2 bits + float16 scale and offset
