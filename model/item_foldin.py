@@ -4,9 +4,11 @@ The propagation rule is symmetric: an item's first-hop view is ``z_i = sum_u x_u
 users who interacted with it (``model.foldin.fold_in`` with the roles swapped), built from the users' served
 vectors. Unlike a user's vector (a query, where only the direction matters), an item's norm competes with every
 trained item's in other users' rankings, so the vector is put on the trained items' scale: the same rule applied
-to every trained item gives ``f_i``, and a new item's vector is scaled by the median ``|x_i| / |f_i|`` of the trained
-items with about as many users (same ``floor(log2 |U_i|)``; the relation is far from a power law: it falls, then
-rises again, as the model fits rare items more loosely), so it gets the norm trained items of its popularity have.
+to every trained item gives ``f_i``, and a new item's vector is scaled by the median least-squares scale
+``(x_i . f_i) / |f_i|^2`` (the ``s`` minimising ``|x_i - s f_i|``) of the trained items with about as many users
+(same ``floor(log2 |U_i|)``; the relation is far from a power law: it falls, then rises again, as the model fits
+rare items more loosely). Matching the norm instead over-promotes new items: a fold-in is more aligned with its
+users than a trained vector is (docs/method.md, "Items that interact after training").
 
 The row is quantized node-aware exactly as the trained item rows are stored, so it can be appended to the item
 index (float or codes): the item table's bits, per-dimension scale and mean vector; a grid from the row's own mean
@@ -27,8 +29,8 @@ from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 def norm_fit(user_vectors: np.ndarray, user_degree: np.ndarray, pairs: np.ndarray,
              item_vectors: np.ndarray) -> np.ndarray:
-    """Median ``|x_i| / |f_i|`` of the trained items by ``floor(log2 |U_i|)`` (``pairs``: (user, item)); a bucket
-    with no item takes its nearest filled one's, and 1 when nothing is known."""
+    """Median ``(x_i . f_i) / |f_i|^2`` of the trained items by ``floor(log2 |U_i|)`` (``pairs``: (user, item)); a
+    bucket with no item takes its nearest filled one's, and 1 when nothing is known."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     n_items = len(item_vectors)
     count = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float64)
@@ -39,13 +41,13 @@ def norm_fit(user_vectors: np.ndarray, user_degree: np.ndarray, pairs: np.ndarra
                                         torch.from_numpy(weight.astype(np.float32)), (n_items, len(user_vectors)),
                                         check_invariants=False)
     folded = torch.sparse.mm(adjacency, torch.from_numpy(np.ascontiguousarray(user_vectors, np.float32))).numpy()
-    ratio_of = np.linalg.norm(item_vectors, axis=1) / np.maximum(np.linalg.norm(folded, axis=1), 1e-12)
-    keep = (count > 0) & (ratio_of > 0) & np.isfinite(ratio_of)
+    ratio_of = (item_vectors * folded).sum(axis=1) / np.maximum((folded * folded).sum(axis=1), 1e-24)
+    keep = (count > 0) & np.isfinite(ratio_of)
     if not keep.any():
         return np.ones(1)
     bucket = np.floor(np.log2(count[keep])).astype(np.int64)
     filled = np.unique(bucket)
-    medians = {b: float(np.median(ratio_of[keep][bucket == b])) for b in filled}
+    medians = {b: max(float(np.median(ratio_of[keep][bucket == b])), 1e-6) for b in filled}
     return np.array([medians[filled[np.abs(filled - b).argmin()]] for b in range(int(filled.max()) + 1)])
 
 
