@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 # External ids as in the training data: printable, no surrounding whitespace, bounded length.
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=False,
@@ -45,6 +45,15 @@ class InteractionIn(BaseModel):
     user_id: ExternalId
     item_id: ExternalId
     timestamp: Timestamp = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _documented_range(cls, value: object) -> object:
+        """Unix seconds as the schema states them: 0 <= t < 2e10 (pydantic alone takes negatives and reads 2e10
+        and more as milliseconds)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 2e10:
+            raise ValueError("Unix seconds must be at least 0 and below 2e10")
+        return value
 
     def epoch_seconds(self, received_at: float) -> float:
         if self.timestamp is None:
