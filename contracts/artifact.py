@@ -49,6 +49,7 @@ from contracts.manifest import (
     upgrade,
 )
 from model.foldin import FoldIn
+from model.item_foldin import ItemFoldIn, norm_fit
 from model.packing import pack_codes, unpack_codes
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
@@ -165,12 +166,23 @@ class ModelArtifact:
         """Width of the served rows, the same on both sides."""
         return self.user.dim
 
+    @property
+    def _clip(self) -> float:
+        """The quantizer's step as a multiple of the Gaussian MSE-optimal one (1 when none is recorded)."""
+        quantizer = self.info.quantizer
+        return quantizer.clip if quantizer is not None and quantizer.clip is not None else 1.0
+
     def foldin(self) -> FoldIn:
         """What folding a new user in needs, from this artifact: item table, degrees, quantizer settings."""
-        quantizer = self.info.quantizer
-        clip = quantizer.clip if quantizer is not None and quantizer.clip is not None else 1.0
-        return FoldIn(self.item, self.arrays["item_degree"], clip=clip, item_theta=self.arrays.get("item_theta"),
+        return FoldIn(self.item, self.arrays["item_degree"], clip=self._clip, item_theta=self.arrays.get("item_theta"),
                       layers=self.info.layers)
+
+    def item_foldin(self) -> ItemFoldIn:
+        """What folding a new item in needs: user table and degrees, item table form, the trained items' norms."""
+        degree = self.arrays["user_degree"]
+        fit = norm_fit(self.user.dequantize(), degree, self.train.pairs(), self.item.dequantize())
+        return ItemFoldIn(self.user, degree, self.item, fit=fit, clip=self._clip,
+                          user_theta=self.arrays.get("user_theta"), layers=self.info.layers)
 
 
 def write_artifact(model_dir: Path, artifact: ModelArtifact, *, version: str | None = None,

@@ -40,6 +40,14 @@ def fold_in(item_vectors: np.ndarray, item_degree: np.ndarray, items: np.ndarray
     return (weights[:, None] * item_vectors[items]).sum(axis=0).astype(np.float32)
 
 
+def neighbour_theta(theta: np.ndarray | None, neighbours: np.ndarray, layers: int) -> np.ndarray | None:
+    """A new node's refined ``theta``: ``L/(L+1)`` times the mean refined ``theta`` of its neighbours."""
+    if theta is None:
+        return None
+    mean = theta[np.unique(neighbours)].astype(np.float32).mean(axis=0)
+    return mean * layers / (layers + 1)
+
+
 def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndarray | None,
                theta: np.ndarray | None = None) -> QuantizedTable:
     """One-row ``QuantizedTable`` for ``vector``: a grid from its own distribution, shifted by ``theta``.
@@ -75,11 +83,8 @@ class FoldIn:
     layers: int = 0
 
     def neighbour_theta(self, items: np.ndarray) -> np.ndarray | None:
-        """A new node's refined ``theta``: ``L/(L+1)`` times the mean refined ``theta`` of its items."""
-        if self.item_theta is None:
-            return None
-        mean = self.item_theta[np.unique(items)].astype(np.float32).mean(axis=0)
-        return mean * self.layers / (self.layers + 1)
+        """A new user's refined ``theta`` from its items' (``neighbour_theta``)."""
+        return neighbour_theta(self.item_theta, items, self.layers)
 
     def _vector(self, items: np.ndarray) -> np.ndarray:
         """``fold_in`` over the served vectors of ``items`` (unique, checked indices)."""

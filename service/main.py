@@ -24,9 +24,9 @@ from service.core.metrics import Metrics, MetricsMiddleware
 from service.core.problems import Problem
 from service.engine.faiss_build import describe as faiss_build
 from service.engine.faiss_build import faiss
-from service.engine.recommender import Recommender, UnknownItems, UnknownUser, UserUnavailable
+from service.engine.recommender import Recommender, UnknownUser, UserUnavailable
 from service.engine.registry import ModelRegistry, NoModelLoaded, ReloadRefused
-from service.store.base import KeyReused, Store, StoreUnavailable
+from service.store.base import ItemCapReached, KeyReused, Store, StoreUnavailable
 from service.store.local_store import LocalStore
 from service.store.redis_store import RedisStore
 
@@ -52,10 +52,11 @@ _PROBLEMS = {
     UserUnavailable: lambda e: Problem(503, "store-unavailable", f"user {e.args[0]!r} is not in the model, and "
                                        "the store that knows users from their posts does not answer; retry later",
                                        headers=_RETRY),
-    UnknownItems: lambda e: Problem(422, "unknown-item", f"unknown item id(s): {e}; nothing was recorded",
-                                    unknown_items=e.item_ids),
     KeyReused: lambda e: Problem(422, "idempotency-key-reused", "this Idempotency-Key was already used for a "
                                  "different body; nothing was recorded: use a new key for a new post"),
+    ItemCapReached: lambda e: Problem(409, "item-cap-reached", f"{e} (GNAQ_MAX_ADDED_ITEMS); nothing was recorded: "
+                                      "items already added, and trained ones, are still accepted, and new items "
+                                      "again once the next model is served", added_items=e.added, cap=e.cap),
     StoreUnavailable: _write_unconfirmed,
     ReloadRefused: lambda e: Problem(409, "artifact-refused", str(e)),
 }
@@ -86,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.start()
         registry = ModelRegistry(settings.model_dir, settings.index, metrics)
         app.state.registry = registry
-        app.state.recommender = Recommender(registry, store, settings, metrics)
+        app.state.recommender = recommender = Recommender(registry, store, settings, metrics)
+        recommender.catalogue.start()
         try:
             await registry.reload()
         except ReloadRefused as error:
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await recommender.catalogue.close()
             await store.close()
 
     app = FastAPI(title="GNAQ-Rec", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -80,3 +80,29 @@ def test_an_update_adds_the_new_items_by_the_propagation_rule():
     np.testing.assert_allclose(updated, (trained + s * items[1]) / np.sqrt(2), rtol=1e-6)
     unchanged = foldin.update(trained, np.array([0]), np.array([0])).dequantize()[0]
     np.testing.assert_allclose(unchanged, trained)  # nothing new: the trained vector itself
+
+
+def test_a_new_item_is_folded_in_from_its_users_in_the_item_tables_form(trained):
+    """Issue 20: the symmetric rule over the item's users, on the trained items' scale, quantized like them."""
+    from model.tables import QuantizedTable
+
+    artifact = read_current(trained)
+    foldin = artifact.item_foldin()
+    pairs = artifact.train.pairs()
+    item = np.bincount(pairs[:, 1]).argmax()
+    users = pairs[pairs[:, 1] == item, 0]
+    direction = fold_in(artifact.user.dequantize(), artifact.arrays["user_degree"], users)
+    vector = foldin.vector(users)
+    assert np.dot(vector, direction) / np.linalg.norm(vector) / np.linalg.norm(direction) > 0.9999
+    trained_vector = artifact.item.dequantize(np.array([item]))[0]
+    assert np.dot(vector, trained_vector) / np.linalg.norm(vector) / np.linalg.norm(trained_vector) > 0.8
+    assert 0.5 < np.linalg.norm(vector) / np.linalg.norm(trained_vector) < 2  # the trained items' scale
+    row = foldin.item(users)
+    assert isinstance(row, QuantizedTable) and row.bits == artifact.item.bits and row.scale.shape == (1,)
+    assert row.dim_center is artifact.item.dim_center
+    assert foldin.decode(row.row_bytes()).dequantize().tobytes() == row.dequantize().tobytes()
+    assert "user_theta" in artifact.arrays  # neighbours' refined parameters correct the grid
+    plain = type(foldin)(foldin.user_table, foldin.user_degree, foldin.item_table, foldin.fit, foldin.clip)
+    assert plain.item(users).row_bytes() != row.row_bytes()
+    with pytest.raises(ValueError, match="user index out of range"):
+        foldin.vector(np.array([len(artifact.user_ids)]))

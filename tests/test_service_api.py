@@ -104,13 +104,17 @@ def test_cold_start_user_is_created_by_its_first_interactions(client, model_dir)
     assert len(recs["items"]) == 20 and not set(items) & {i["item_id"] for i in recs["items"]}
 
 
-def test_an_unknown_item_applies_nothing(client, model_dir):
+def test_an_unknown_item_is_accepted_logged_and_excluded(client, settings, model_dir):
+    """Issue 20: an item the model does not know is logged like any other, folded in, and never recommended to
+    the user who posted it."""
     artifact, user = _first_user(model_dir)
     batch = [{"user_id": user, "item_id": artifact.item_ids[0]}, {"user_id": user, "item_id": "no-such-item"}]
-    body = _assert_problem(client.post("/interactions", json=batch, headers=AUTH), 422, "unknown-item")
-    assert body["unknown_items"] == ["no-such-item"]
-    ok = client.post("/interactions", json=batch[:1], headers=AUTH).json()
-    assert ok["users"][0]["generation"] == 1  # the refused batch bumped nothing
+    posted = client.post("/interactions", json=batch, headers=AUTH)
+    assert posted.status_code == 200 and posted.json()["users"][0]["generation"] == 1
+    assert [item for item, _ in _logged(settings, user)] == [artifact.item_ids[0], "no-such-item"]
+    assert client.get("/items/no-such-item/similar").status_code == 200
+    recs = client.get(f"/recommend/{user}", params={"k": 50}).json()["items"]
+    assert not {"no-such-item", artifact.item_ids[0]} & {i["item_id"] for i in recs}
 
 
 def test_similar_items(client, model_dir):

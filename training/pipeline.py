@@ -398,8 +398,9 @@ def _export(ws: Workspace, model: LightGCN, history: list[EpochRecord], started:
     arrays = {"user_degree": degrees[:data.n_users], "item_degree": degrees[data.n_users:],
               "valid_pairs": ws.valid_pairs.astype(np.int32)}
     if isinstance(model.quantizer, GNAQQuantizer) and model.quantizer.per_node and model.quantizer.dynamic:
-        theta = model.quantizer.refined_theta(data.n_users + data.n_items)[data.n_users:]
-        arrays["item_theta"] = theta.cpu().numpy().astype(np.float16)  # for folding in new users
+        theta = model.quantizer.refined_theta(data.n_users + data.n_items).cpu().numpy().astype(np.float16)
+        arrays["item_theta"] = theta[data.n_users:]  # for folding in new users
+        arrays["user_theta"] = theta[:data.n_users]  # for folding in new items
     history_json = json.dumps([asdict(r) for r in history], indent=1).encode()
     artifact = ModelArtifact(info=info, user=user, item=item, user_ids=data.user_ids, item_ids=data.item_ids,
                              train=UserItems.from_pairs(data.train, data.n_users), arrays=arrays)

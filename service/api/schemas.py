@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 # External ids as in the training data: printable, no surrounding whitespace, bounded length.
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=False,
@@ -45,6 +45,15 @@ class InteractionIn(BaseModel):
     user_id: ExternalId
     item_id: ExternalId
     timestamp: Timestamp = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _documented_range(cls, value: object) -> object:
+        """Unix seconds as the schema states them: 0 <= t < 2e10 (pydantic alone takes negatives and reads 2e10
+        and more as milliseconds)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 2e10:
+            raise ValueError("Unix seconds must be at least 0 and below 2e10")
+        return value
 
     def epoch_seconds(self, received_at: float) -> float:
         if self.timestamp is None:
@@ -115,7 +124,8 @@ class ProblemDetails(BaseModel):
     detail: str = Field(description="what happened to this request, and what to do")
     instance: str = Field(description="the request path")
     errors: list[ProblemError] = Field(None, description="validation-error: each invalid field")
-    unknown_items: list[str] = Field(None, description="unknown-item: the item ids not in the model")
+    added_items: int = Field(None, description="item-cap-reached: items added since the model was trained")
+    cap: int = Field(None, description="item-cap-reached: the most that may be added (GNAQ_MAX_ADDED_ITEMS)")
     outcome: Literal["not-recorded", "unknown"] = Field(
         None, description="store-unavailable on a write: not-recorded (nothing was applied) or unknown "
         "(it may have been; retry with the same Idempotency-Key)")

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         0.2, ge=0, description="after a Redis failure, how often it is probed; until it answers, reads serve "
                                "uncached and writes get 503 at once (0: no breaker, every call waits for Redis)")
     search_threads: int = Field(1, ge=1, description="threads FAISS and torch may use per search")
+    max_added_items: int = Field(
+        10_000, ge=0, description="most items the served model does not know that posts may add before the next "
+                                  "model (each is folded in and served at once); beyond it a post naming another "
+                                  "new item is refused with 409 (0: refuse every unknown item)")
+    item_sync_seconds: float = Field(
+        30.0, gt=0, description="how often each replica re-reads every added item from the store (the catch-up "
+                                "that repairs a missed announcement or a lost save); announcements arrive at once")
 
     @field_validator("api_keys", mode="before")
     @classmethod

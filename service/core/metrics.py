@@ -33,6 +33,15 @@ class Metrics:
                                     registry=r)
         self.store_errors = Counter("gnaq_store_unavailable_total", "store calls that failed or were skipped",
                                     ["operation"], registry=r)
+        self.items_added = Gauge("gnaq_items_added", "items the served model was not trained with, folded in and "
+                                 "served by this replica", registry=r)
+        self.item_cap_refusals = Counter("gnaq_item_cap_refusals_total", "posts refused because they would add "
+                                         "more items than GNAQ_MAX_ADDED_ITEMS", registry=r)
+        self.item_foldin = Histogram("gnaq_item_foldin_seconds", "time to fold in and requantize one new item",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.item_sync_delay = Histogram("gnaq_item_sync_delay_seconds", "from an added item's row saved by one "
+                                         "replica to its being served by this one", buckets=_LATENCY_BUCKETS,
+                                         registry=r)
         self.retrain_pending = Gauge("gnaq_retrain_pending_interactions", "logged interactions still not in a "
                                      "published model after the last nightly run", registry=r)
         self.retrain_runs_pending = Gauge("gnaq_retrain_runs_pending", "consecutive nightly runs that ended with "

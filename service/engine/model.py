@@ -12,7 +12,9 @@ import numpy as np
 from contracts.artifact import ArtifactError, UserItems, read_artifact
 from contracts.manifest import Manifest
 from model.foldin import FoldIn
+from model.item_foldin import ItemFoldIn
 from model.tables import EmbeddingTable
+from service.engine.added import AddedItems
 from service.engine.index import CodeIndex, ItemIndex, build_index
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,8 @@ def _rows(ids: list[str]) -> dict[str, int]:
 
 @dataclass(frozen=True, eq=False)
 class ServedModel:
-    """Immutable: a reload builds a new one and swaps the reference, so a request sees one version."""
+    """A reload builds a new one and swaps the reference, so a request sees one version. Only ``added`` (items
+    folded in after training, appended to ``index``) changes while it is served."""
 
     version: str
     manifest: Manifest
@@ -35,7 +38,9 @@ class ServedModel:
     user_table: EmbeddingTable
     train: UserItems
     foldin: FoldIn
+    item_foldin: ItemFoldIn
     index: ItemIndex
+    added: AddedItems
 
     @classmethod
     def load(cls, path: Path, index_kind: str) -> ServedModel:
@@ -48,10 +53,12 @@ class ServedModel:
             log.warning("version %s has no per-row codes (fp32 or segmented): serving it from the float index",
                         manifest.version)
             kind = "float"
+        index = build_index(kind, artifact.item)
         model = cls(version=manifest.version, manifest=manifest,
                     users=_rows(artifact.user_ids), item_ids=list(artifact.item_ids),
                     items=_rows(artifact.item_ids), user_table=artifact.user,
-                    train=artifact.train, foldin=artifact.foldin(), index=build_index(kind, artifact.item))
+                    train=artifact.train, foldin=artifact.foldin(), item_foldin=artifact.item_foldin(), index=index,
+                    added=AddedItems(index, len(artifact.item_ids)))
         model.smoke_test()
         log.info("loaded model %s (%s, %s index, %d users, %d items) in %.2f s", model.version, manifest.method,
                  kind, len(model.users), len(model.item_ids), time.perf_counter() - started)
@@ -77,8 +84,18 @@ class ServedModel:
         return self.train.of(row)
 
     def item_rows(self, item_ids: list[str] | set[str]) -> np.ndarray:
-        """Rows of the given item ids this model knows (unknown ones are skipped)."""
+        """Rows of the given item ids this model was trained with (others are skipped)."""
         return np.array([self.items[i] for i in item_ids if i in self.items], dtype=np.int64)
 
+    def item_row(self, item_id: str) -> int | None:
+        """The served row of a trained or added item."""
+        row = self.items.get(item_id)
+        return self.added.row(item_id) if row is None else row
+
+    def item_id(self, row: int) -> str:
+        return self.item_ids[row] if row < len(self.item_ids) else self.added.item_id(row)
+
     def item_vector(self, row: int) -> np.ndarray:
+        if row >= len(self.item_ids):
+            return self.added.vector(row)
         return self.foldin.item_table.dequantize(np.array([row]))[0]

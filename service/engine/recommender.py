@@ -8,11 +8,13 @@ one computation (per process), whose cache write is not waited for. If the store
 answers, uncached; a user the model does not know may exist through its posts, which only the store holds,
 so it is refused as unavailable (503), not as unknown.
 
-Write (``POST /interactions``): items are checked against the model first (nothing is applied if
-one is unknown), then the store logs the events and bumps the users' generations atomically, and
-each user's vector is recomputed by the model's propagation rule and requantized node-aware
-(``model.foldin``); the new codes are stored under the new generation for every replica to use. A post
-whose key the store already recorded is replayed: nothing is logged or requantized again.
+Write (``POST /interactions``): the store logs the events, bumps the users' generations and, for items the
+model does not know, their per-version state (under a cap: beyond it nothing is recorded) atomically; each
+user's vector is recomputed by the model's propagation rule and requantized node-aware (``model.foldin``) and
+stored under the new generation for every replica to use, and each new item is folded in from its users and
+served on every replica (``service.engine.catalogue``). A post whose key the store already recorded is replayed:
+nothing is logged or requantized again. Items added after training are excluded and served like trained ones,
+but do not feed a user's fold-in (their vectors come from the users themselves).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from contracts.interaction_log import Interaction
 from model.tables import EmbeddingTable
 from service.core.config import Settings
 from service.core.metrics import Metrics
+from service.engine.catalogue import Catalogue
 from service.engine.model import ServedModel
 from service.engine.registry import ModelRegistry
-from service.store.base import Post, Store, StoreUnavailable, UserState
+from service.store.base import ItemCapReached, NewItems, Post, Store, StoreUnavailable, UserState
 
 _SETTLE_SECONDS = 1.0  # a finished computation still answers misses whose cache read raced its write (the
 # key holds the generation, so it is exactly the cached answer; 1 s covers reads delayed by a loaded machine)
@@ -47,7 +50,7 @@ class UserUnavailable(RuntimeError):
 
 
 class UnknownItems(LookupError):
-    """Some item ids are not in the served model."""
+    """Some item ids are neither in the served model nor added to it."""
 
     def __init__(self, item_ids: list[str]) -> None:
         super().__init__(", ".join(item_ids))
@@ -78,6 +81,7 @@ class Recommender:
 
     def __init__(self, registry: ModelRegistry, store: Store, settings: Settings, metrics: Metrics) -> None:
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
+        self.catalogue = Catalogue(registry, store, settings, metrics)
         self._inflight: dict[tuple, asyncio.Future] = {}
         self._writes: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
 
@@ -151,11 +155,14 @@ class Recommender:
         except StoreUnavailable:
             self.metrics.store_errors.labels("write_cached").inc()
 
-    def _trained_only(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def _trained_only(self, model: ServedModel, user_id: str,
+                      also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The trained vector; its training items (and ``also``) excluded."""
         row = model.users.get(user_id)
         if row is None:
             raise UnknownUser(user_id)
-        return model.user_vector(row), model.trained_items(row)
+        trained = model.trained_items(row)
+        return model.user_vector(row), trained if also is None else np.union1d(trained, also)
 
     def _without_store(self, model: ServedModel, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The model alone, when the store cannot say what the user posted."""
@@ -170,10 +177,12 @@ class Recommender:
         except StoreUnavailable:
             self.metrics.store_errors.labels("load_user").inc()
             return self._without_store(model, user_id)
-        exclude = self._all_items(model, user_id, state)
+        exclude = np.union1d(self._all_items(model, user_id, state), model.added.rows(state.items))
         row = model.users.get(user_id)
-        if len(exclude) == 0 or (row is not None and len(exclude) == len(model.trained_items(row))):
-            return self._trained_only(model, user_id)  # posted nothing this model does not already have
+        trained = model.trained_items(row) if row is not None else np.empty(0, np.int64)
+        if np.setdiff1d(model.item_rows(state.items), trained).size == 0:
+            # posted no trained item this model does not already have: nothing to fold in
+            return self._trained_only(model, user_id, exclude)
         if codes is not None and codes[0] == state.generation:
             return model.foldin.decode_user(codes[1]).dequantize()[0], exclude
         table = await self._requantize(model, user_id, state)
@@ -203,6 +212,8 @@ class Recommender:
 
     def _search(self, model: ServedModel, query: tuple[np.ndarray, np.ndarray], k: int):
         vector, exclude = query
+        if len(model.added.dead):  # rows of older generations of added items
+            exclude = np.union1d(exclude, model.added.dead)
         started = time.perf_counter()
         rows, scores = model.index.search(vector, k, exclude)
         self.metrics.search.labels(model.index.kind).observe(time.perf_counter() - started)
@@ -211,7 +222,7 @@ class Recommender:
     @staticmethod
     def _bodies(model: ServedModel, user_id: str, rows: np.ndarray, scores: np.ndarray) -> tuple[bytes, bytes]:
         """The JSON body as cached and as answered now: serialised once, the ``cached`` flag spliced in."""
-        items = [{"item_id": model.item_ids[r], "score": s} for r, s in zip(rows.tolist(), scores.tolist(),
+        items = [{"item_id": model.item_id(r), "score": s} for r, s in zip(rows.tolist(), scores.tolist(),
                                                                             strict=True)]
         head = json.dumps({"user_id": user_id, "model_version": model.version, "items": items},
                           separators=(",", ":"))[:-1]
@@ -220,7 +231,7 @@ class Recommender:
     def similar_items(self, item_id: str, k: int) -> tuple[ServedModel, np.ndarray, np.ndarray]:
         """Items with the highest inner product with ``item_id``'s served vector (itself excluded)."""
         model = self.registry.model
-        row = model.items.get(item_id)
+        row = model.item_row(item_id)
         if row is None:
             raise UnknownItems([item_id])
         rows, scores = self._search(model, (model.item_vector(row), np.array([row])), k)
@@ -229,19 +240,23 @@ class Recommender:
     # --- write path -------------------------------------------------------------------------------
 
     async def record(self, events: list[Interaction], post: Post) -> Accepted:
-        """Log ``events`` once per ``post.key`` and requantize their users."""
+        """Log ``events`` once per ``post.key``, requantize their users and fold in the items the model lacks."""
         model = self.registry.model
-        unknown = sorted({e.item_id for e in events} - model.items.keys())
-        if unknown:
-            raise UnknownItems(unknown)
+        unknown = tuple(dict.fromkeys(e.item_id for e in events if e.item_id not in model.items))
+        new_items = NewItems(model.version, unknown, self.settings.max_added_items) if unknown else None
         try:
-            recorded = await self.store.record(events, post)
+            recorded = await self.store.record(events, post, new_items)
         except StoreUnavailable:
             self.metrics.store_errors.labels("record").inc()
             raise
+        except ItemCapReached:
+            self.metrics.item_cap_refusals.inc()
+            raise
         updates, posted = [], Counter(e.user_id for e in events)
+        for item_id, item in recorded.items.items():
+            await self.catalogue.fold(model, item_id, item)
         for user_id, state in recorded.states.items():
-            if not recorded.replayed:
+            if not recorded.replayed and model.item_rows(state.items).size:
                 await self._requantize(model, user_id, state)
             updates.append(UserUpdate(user_id, state.generation, user_id not in model.users, posted[user_id]))
         if not recorded.replayed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from contracts.artifact import ArtifactError
@@ -38,6 +39,7 @@ class ModelRegistry:
         self._refused: str | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
+        self.on_swap: list[Callable[[ServedModel | None, ServedModel], None]] = []  # run after each swap
 
     @property
     def model(self) -> ServedModel:
@@ -50,6 +52,11 @@ class ModelRegistry:
     def loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def current(self) -> ServedModel | None:
+        """The served model, or None before the first load (for background work that must not raise)."""
+        return self._model
+
     async def reload(self, *, force: bool = False) -> bool:
         """Load the version ``CURRENT`` names if it is new (or ``force``); True if a model was swapped in."""
         async with self._lock:
@@ -59,7 +66,8 @@ class ModelRegistry:
                 if str(error) == self.last_error and not force:
                     return False
                 self._refuse(None, str(error))
-            current = self._model.version if self._model else None
+            previous = self._model
+            current = previous.version if previous else None
             if not force and path.name in (current, self._refused):
                 return False
             try:
@@ -70,6 +78,8 @@ class ModelRegistry:
             self.metrics.reloads.inc()
             self.metrics.show_model(model.version, model.manifest.method, model.manifest.bits, model.index.kind)
             log.info("now serving model %s (was %s)", model.version, current)
+            for hook in self.on_swap:
+                hook(previous, model)
             return True
 
     def _refuse(self, version: str | None, message: str) -> None:

@@ -14,6 +14,12 @@ Contract:
 * A user's generation names the state its cached results and requantized codes were computed from:
   both are stored under (model version, generation), so neither a model swap nor a new
   interaction can serve stale results.
+* Items the served model does not know (``NewItems``) are *added* under that model version: ``record`` keeps, per
+  version, the set of added items (refusing the whole post with ``ItemCapReached`` if it would exceed the cap), each
+  added item's users and its generation (bumped once per post naming it), all in the same atomic step. The item's
+  requantized row is saved under its generation (``save_item_codes``, newest wins) and announced to every replica
+  (``watch_items``); ``load_added_items`` is the catch-up read. A version's item state is dropped once no replica
+  serves it (``retire_items``).
 * ``StoreUnavailable`` means the backing store did not answer in time; reads then degrade to the
   model alone, writes are refused (nothing accepted is ever lost). Its ``sent`` says whether the call may
   have reached the store: if it did, a write's outcome is unknown.
@@ -21,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +48,40 @@ class StoreUnavailable(RuntimeError):
 
 class KeyReused(ValueError):
     """A post's key was already recorded for different content."""
+
+
+class ItemCapReached(RuntimeError):
+    """Recording the post would add more items to the served version than ``NewItems.cap``; nothing was recorded."""
+
+    def __init__(self, added: int, new: int, cap: int) -> None:
+        super().__init__(f"{added} items were added since the model was trained, this post adds {new} more, "
+                         f"the cap is {cap}")
+        self.added, self.new, self.cap = added, new, cap
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """Item ids of a post that model ``version`` does not know, and the most items that may be added to it."""
+
+    version: str
+    ids: tuple[str, ...]
+    cap: int
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """An added item's generation (posts that named it) and the users who interacted with it."""
+
+    generation: int
+    users: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class AddedItem:
+    """An added item as the catch-up read returns it: its generation and its saved row (generation, payload)."""
+
+    generation: int
+    codes: tuple[int, bytes] | None
 
 
 @dataclass(frozen=True)
@@ -67,6 +108,7 @@ class Recorded:
 
     states: dict[str, UserState]
     replayed: bool = False
+    items: dict[str, ItemState] = field(default_factory=dict)
 
     def outcome(self, post: Post) -> str:
         """The value a store keeps under the post's key: its fingerprint, then the generations in user order."""
@@ -107,8 +149,36 @@ class Store(Protocol):
         """Store requantized codes computed at ``generation`` (never replacing newer ones)."""
         ...
 
-    async def record(self, events: list[Interaction], post: Post) -> Recorded:
-        """Durably log ``events`` and update each user's state atomically, once per ``post.key``."""
+    async def record(self, events: list[Interaction], post: Post, new_items: NewItems | None = None) -> Recorded:
+        """Durably log ``events`` and update each user's state (and ``new_items``' state) atomically, once per
+        ``post.key``; ``ItemCapReached`` (nothing recorded) if the new items would pass their cap."""
+        ...
+
+    async def save_item_codes(self, version: str, item_id: str, generation: int, payload: bytes) -> None:
+        """Store an added item's row computed at ``generation`` (never replacing a newer one) and announce it."""
+        ...
+
+    async def load_added_items(self, version: str) -> dict[str, AddedItem]:
+        """Every item added to ``version``: the catch-up read of a replica that starts or reconnects."""
+        ...
+
+    async def item_users(self, version: str, item_id: str) -> ItemState:
+        """An added item's generation and users (to recompute a row whose save was lost)."""
+        ...
+
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        """Add ``item_ids``' users under ``old`` to their state under ``new`` and bump their generations there:
+        items the new model was not trained with (first posted while it was being trained) stay added."""
+        ...
+
+    async def retire_items(self, version: str) -> None:
+        """``version`` is no longer served here: its item state may go (after a grace for replicas still on it)."""
+        ...
+
+    def watch_items(self, on_saved: Callable[[str, str, int, bytes, float], None],
+                    on_resync: Callable[[], None]) -> None:
+        """Call ``on_saved(version, item, generation, payload, saved_at)`` for every row saved by any replica, and
+        ``on_resync()`` whenever announcements may have been missed (subscribed, re-subscribed, or no channel)."""
         ...
 
     async def ping(self) -> bool:

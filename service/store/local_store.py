@@ -3,8 +3,10 @@
 The interaction log (``contracts.interaction_log``), the generations, the posted items and the keys of recent
 posts (for idempotent retries) live in a SQLite file (WAL, synchronous FULL: a committed post survives a
 crash), shared safely by several worker processes on the machine.
-Cached bodies and requantized codes are process memory (bounded LRU), keyed like the Redis ones by
-(version, generation), so they can never be served stale; losing them only costs recomputation.
+Cached bodies and requantized user codes are process memory (bounded LRU), keyed like the Redis ones by
+(version, generation), so they can never be served stale; losing them only costs recomputation. Added items
+(their users, generations and rows) are in the SQLite file too: a restarted process rebuilds them from it, and
+other worker processes on the machine pick them up at their periodic catch-up read (there is no channel).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from contracts.interaction_log import SQLITE_INSERT, Interaction, create_sqlite_log
-from service.store.base import Post, Recorded, UserState
+from service.store.base import AddedItem, ItemCapReached, ItemState, NewItems, Post, Recorded, UserState
 
 _STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
@@ -25,6 +28,11 @@ CREATE TABLE IF NOT EXISTS user_items (
     user_id TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (user_id, item_id));
 CREATE TABLE IF NOT EXISTS posts (key TEXT PRIMARY KEY, outcome TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS posts_expiry ON posts (expires_at);
+CREATE TABLE IF NOT EXISTS added_items (
+    version TEXT NOT NULL, item_id TEXT NOT NULL, generation INTEGER NOT NULL, saved_generation INTEGER,
+    payload BLOB, PRIMARY KEY (version, item_id));
+CREATE TABLE IF NOT EXISTS added_item_users (
+    version TEXT NOT NULL, item_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (version, item_id, user_id));
 """
 
 
@@ -63,6 +71,7 @@ class LocalStore:
         self._db.executescript(_STATE_SCHEMA)
         self._lock = threading.Lock()
         self._cache, self._codes = _LRU(capacity), _LRU(capacity)
+        self._on_saved: Callable[[str, str, int, bytes, float], None] | None = None
 
     async def start(self) -> None:
         """Nothing runs in the background: generations are read from SQLite on every request."""
@@ -94,7 +103,29 @@ class LocalStore:
         if current is None or current[0] < generation:
             self._codes.put((user_id, version), (generation, payload))
 
-    def _record(self, events: list[Interaction], post: Post) -> Recorded:
+    def _item_state(self, version: str, item_id: str) -> ItemState:
+        row = self._db.execute("SELECT generation FROM added_items WHERE version = ? AND item_id = ?",
+                               (version, item_id)).fetchone()
+        users = self._db.execute("SELECT user_id FROM added_item_users WHERE version = ? AND item_id = ?",
+                                 (version, item_id)).fetchall()
+        return ItemState(0 if row is None else int(row[0]), frozenset(u for (u,) in users))
+
+    def _add_items(self, events: list[Interaction], new_items: NewItems) -> dict[str, ItemState]:
+        """Inside ``_record``'s transaction: check the cap, then the items' users and generations."""
+        version, ids = new_items.version, set(new_items.ids)
+        known = {i for (i,) in self._db.execute("SELECT item_id FROM added_items WHERE version = ?", (version,))}
+        fresh = len(ids - known)
+        if fresh and len(known) + fresh > new_items.cap:
+            raise ItemCapReached(len(known), fresh, new_items.cap)
+        self._db.executemany("INSERT OR IGNORE INTO added_item_users VALUES (?, ?, ?)",
+                             [(version, e.item_id, e.user_id) for e in events if e.item_id in ids])
+        self._db.executemany(
+            "INSERT INTO added_items (version, item_id, generation) VALUES (?, ?, 1) "
+            "ON CONFLICT(version, item_id) DO UPDATE SET generation = generation + 1",
+            [(version, i) for i in new_items.ids])
+        return {i: self._item_state(version, i) for i in new_items.ids}
+
+    def _record(self, events: list[Interaction], post: Post, new_items: NewItems | None = None) -> Recorded:
         users = list(dict.fromkeys(e.user_id for e in events))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -106,13 +137,14 @@ class LocalStore:
                     replayed = Recorded.replay(post, kept[0], users)  # KeyReused: rolled back below
                     self._db.execute("COMMIT")
                     return replayed
+                items = self._add_items(events, new_items) if new_items else {}
                 self._db.executemany(SQLITE_INSERT, [e.sqlite_row() for e in events])
                 self._db.executemany("INSERT OR IGNORE INTO user_items VALUES (?, ?)",
                                      [(e.user_id, e.item_id) for e in events])
                 self._db.executemany(
                     "INSERT INTO users VALUES (?, 1) ON CONFLICT(user_id) DO UPDATE SET generation = generation + 1",
                     [(u,) for u in users])
-                recorded = Recorded({u: self._state(u) for u in users})
+                recorded = Recorded({u: self._state(u) for u in users}, items=items)
                 self._db.execute("DELETE FROM posts WHERE expires_at <= ?", (now,))
                 self._db.execute("INSERT INTO posts VALUES (?, ?, ?)",
                                  (post.key, recorded.outcome(post), now + post.ttl))
@@ -122,8 +154,55 @@ class LocalStore:
                 raise
         return recorded
 
-    async def record(self, events: list[Interaction], post: Post) -> Recorded:
-        return await asyncio.to_thread(self._record, events, post)
+    async def record(self, events: list[Interaction], post: Post, new_items: NewItems | None = None) -> Recorded:
+        return await asyncio.to_thread(self._record, events, post, new_items)
+
+    async def save_item_codes(self, version: str, item_id: str, generation: int, payload: bytes) -> None:
+        with self._lock:
+            saved = self._db.execute(
+                "UPDATE added_items SET saved_generation = ?, payload = ? WHERE version = ? AND item_id = ? "
+                "AND (saved_generation IS NULL OR saved_generation < ?)",
+                (generation, payload, version, item_id, generation)).rowcount
+        if saved and self._on_saved is not None:
+            self._on_saved(version, item_id, generation, payload, time.time())
+
+    async def load_added_items(self, version: str) -> dict[str, AddedItem]:
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, generation, saved_generation, payload FROM added_items "
+                                    "WHERE version = ?", (version,)).fetchall()
+        return {i: AddedItem(g, None if s is None else (int(s), bytes(p))) for i, g, s, p in rows}
+
+    async def item_users(self, version: str, item_id: str) -> ItemState:
+        with self._lock:
+            return self._item_state(version, item_id)
+
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for item_id in item_ids:
+                    self._db.execute("INSERT OR IGNORE INTO added_item_users SELECT ?, item_id, user_id FROM "
+                                     "added_item_users WHERE version = ? AND item_id = ?", (new, old, item_id))
+                    self._db.execute(
+                        "INSERT INTO added_items (version, item_id, generation) SELECT ?, item_id, generation "
+                        "FROM added_items WHERE version = ? AND item_id = ? ON CONFLICT(version, item_id) "
+                        "DO UPDATE SET generation = generation + excluded.generation", (new, old, item_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    async def retire_items(self, version: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM added_item_users WHERE version = ?", (version,))
+            self._db.execute("DELETE FROM added_items WHERE version = ?", (version,))
+            self._db.execute("COMMIT")
+
+    def watch_items(self, on_saved: Callable[[str, str, int, bytes, float], None],
+                    on_resync: Callable[[], None]) -> None:
+        """Rows saved by this process are applied at once; other processes' at the periodic catch-up read."""
+        self._on_saved = on_saved
 
     async def ping(self) -> bool:
         return True

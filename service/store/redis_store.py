@@ -8,6 +8,16 @@ Keys (``{u:<id>}`` is a hash tag, so one user's keys live together on a Redis Cl
     gnaq:{u:<id>}:items                    set of item ids posted since training
     gnaq:{u:<id>}:codes:<version>          20-digit generation + requantized codes for that version
     gnaq:{u:<id>}:rec:<version>:<gen>:<k>  cached response body (TTL)
+    gnaq:added:<version>:ids               set of item ids added to that model version (the cap counts it)
+    gnaq:added:<version>:gen               hash item id -> generation (posts that named the item)
+    gnaq:added:<version>:users:<item>      set of the users who interacted with the added item
+    gnaq:added:<version>:codes             hash item id -> 20-digit generation + the item's requantized row
+
+Added items. The recording script checks the cap and updates the item keys with the log, all or nothing. The
+replica that accepted the post saves the item's row and publishes it on ``gnaq:items`` (one script: newest
+generation wins); every replica applies what it receives, and reads the whole ``codes`` hash (the catch-up) each
+time it (re)subscribes, so nothing published while it was away is missed. The item keys are not declared to the
+scripts (they hold no hash tag): this layout assumes one Redis (or a primary with replicas), not a Cluster.
 
 Failures. Every command this store sends is idempotent, recording included (one Lua script that does
 nothing but replay the kept outcome when the post's key is already there), so a command that meets a dead
@@ -29,6 +39,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -37,7 +49,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.interaction_log import KEY_PREFIX, STREAM, Interaction
-from service.store.base import Post, Recorded, StoreUnavailable, UserState
+from service.store.base import (
+    AddedItem,
+    ItemCapReached,
+    ItemState,
+    NewItems,
+    Post,
+    Recorded,
+    StoreUnavailable,
+    UserState,
+)
 from service.store.breaker import Breaker
 from service.store.near_cache import NearCache
 
@@ -60,16 +81,32 @@ return 1
 """
 # Record a post once. KEYS: the post's key, the stream, then per user its items set and its generation.
 # ARGV: fingerprint, key TTL (ms), invalidation channel, the users (newline-separated), stream arguments per
-# event, then per event: its user's number (from 1), its item, its stream fields. The kept outcome is
-# ``Recorded.outcome``: the fingerprint, a colon, the generations in user order.
+# event, the added-items key prefix, the cap, the number n of new items, the n new item ids, then per event: its
+# user's number (from 1), its item, its stream fields. Replies {0, kept outcome} (a replay), {2, added, fresh}
+# (the cap: nothing written) or {1, outcome, per user: generation, items, per new item: generation, users}. The
+# kept outcome is ``Recorded.outcome``: the fingerprint, a colon, the generations in user order.
 _RECORD = """
 local kept = redis.call('GET', KEYS[1])
 if kept then return {0, kept} end
+local prefix, n = ARGV[6], tonumber(ARGV[8])
+local new = {}
+if n > 0 then
+  local added, fresh = redis.call('SCARD', prefix .. 'ids'), 0
+  for j = 9, 8 + n do
+    new[ARGV[j]] = true
+    if redis.call('SISMEMBER', prefix .. 'ids', ARGV[j]) == 0 then fresh = fresh + 1 end
+  end
+  if fresh > 0 and added + fresh > tonumber(ARGV[7]) then return {2, added, fresh} end
+end
+local names = {}
+for name in string.gmatch(ARGV[4], '[^\\n]+') do names[#names + 1] = name end
 local width = tonumber(ARGV[5])
-local i = 6
+local i = 9 + n
 while i <= #ARGV do
   redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + width))
-  redis.call('SADD', KEYS[1 + 2 * tonumber(ARGV[i])], ARGV[i + 1])
+  local user, item = tonumber(ARGV[i]), ARGV[i + 1]
+  redis.call('SADD', KEYS[1 + 2 * user], item)
+  if new[item] then redis.call('SADD', prefix .. 'users:' .. item, names[user]) end
   i = i + 2 + width
 end
 local reply, gens = {1, ''}, {}
@@ -78,11 +115,45 @@ for u = 1, (#KEYS - 2) / 2 do
   reply[#reply + 1] = gens[u]
   reply[#reply + 1] = redis.call('SMEMBERS', KEYS[1 + 2 * u])
 end
+for j = 9, 8 + n do
+  redis.call('SADD', prefix .. 'ids', ARGV[j])
+  reply[#reply + 1] = redis.call('HINCRBY', prefix .. 'gen', ARGV[j], 1)
+  reply[#reply + 1] = redis.call('SMEMBERS', prefix .. 'users:' .. ARGV[j])
+end
 reply[2] = ARGV[1] .. ':' .. table.concat(gens, ',')
 redis.call('SET', KEYS[1], reply[2], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return reply
 """
+# Save an added item's row unless a newer generation is there, and announce it. KEYS: the codes hash.
+# ARGV: item id, generation, stored value, channel, message.
+_SAVE_ITEM = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and tonumber(string.sub(current, 1, 20)) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+# Carry items from one version's state to another's. KEYS: the old prefix, the new one. ARGV: the item ids.
+_CARRY_ITEMS = """
+for _, item in ipairs(ARGV) do
+  local users = KEYS[2] .. 'users:' .. item
+  redis.call('SUNIONSTORE', users, users, KEYS[1] .. 'users:' .. item)
+  redis.call('SADD', KEYS[2] .. 'ids', item)
+  redis.call('HINCRBY', KEYS[2] .. 'gen', item, tonumber(redis.call('HGET', KEYS[1] .. 'gen', item) or '1'))
+end
+return 1
+"""
+# Let a version's item state expire. KEYS: its key prefix. ARGV: seconds.
+_RETIRE_ITEMS = """
+for _, item in ipairs(redis.call('SMEMBERS', KEYS[1] .. 'ids')) do
+  redis.call('EXPIRE', KEYS[1] .. 'users:' .. item, ARGV[1])
+end
+for _, name in ipairs({'ids', 'gen', 'codes'}) do redis.call('EXPIRE', KEYS[1] .. name, ARGV[1]) end
+return 1
+"""
+# A retired version's item state stays this long for replicas that still serve it (a rolling swap).
+RETIRE_GRACE_SECONDS = 3600
 
 
 def _pool(url: str, *, timeout: float, connect_timeout: float, retries: int) -> aioredis.Redis:
@@ -114,7 +185,13 @@ class RedisStore:
         self._read_cached = self._redis.register_script(_READ_CACHED)
         self._save_codes = self._redis.register_script(_SAVE_CODES)
         self._record = self._writer.register_script(_RECORD)
+        self._save_item = self._writer.register_script(_SAVE_ITEM)
+        self._retire_items = self._writer.register_script(_RETIRE_ITEMS)
+        self._carry_items = self._writer.register_script(_CARRY_ITEMS)
         self.channel = f"{KEY_PREFIX}invalidate"
+        self.items_channel = f"{KEY_PREFIX}items"
+        self._on_saved: Callable[[str, str, int, bytes, float], None] | None = None
+        self._on_resync: Callable[[], None] | None = None
         self.near = NearCache(near_capacity)
         self._listener: asyncio.Task | None = None
 
@@ -126,13 +203,19 @@ class RedisStore:
         while True:
             pubsub = self._events.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, self.items_channel)
                 self.near.reset(live=True)
+                if self._on_resync is not None:  # subscribed first: nothing saved from now on can be missed
+                    self._on_resync()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        for user_id in message["data"].decode().split("\n"):
-                            self.near.invalidate(user_id)
+                    if message is None:
+                        continue
+                    if message["channel"].decode() == self.items_channel:
+                        self._item_saved(message["data"])
+                        continue
+                    for user_id in message["data"].decode().split("\n"):
+                        self.near.invalidate(user_id)
             except _UNAVAILABLE as error:
                 if self.near.live:
                     log.warning("invalidation channel lost (%s): near cache off until resubscribed", error)
@@ -142,6 +225,20 @@ class RedisStore:
                 self.near.reset(live=False)
                 with contextlib.suppress(*_UNAVAILABLE):
                     await pubsub.aclose()
+
+    def watch_items(self, on_saved: Callable[[str, str, int, bytes, float], None],
+                    on_resync: Callable[[], None]) -> None:
+        self._on_saved, self._on_resync = on_saved, on_resync
+
+    def _item_saved(self, data: bytes) -> None:
+        """One ``gnaq:items`` message: version, item, generation and save time, newline-separated, then the row."""
+        version, item_id, generation, saved_at, payload = data.split(b"\n", 4)
+        if self._on_saved is not None:
+            self._on_saved(version.decode(), item_id.decode(), int(generation), payload, float(saved_at))
+
+    @staticmethod
+    def _added(version: str) -> str:
+        return f"{KEY_PREFIX}added:{version}:"
 
     def _user(self, user_id: str) -> str:
         return f"{KEY_PREFIX}{{u:{user_id}}}"
@@ -194,7 +291,7 @@ class RedisStore:
                                                   args=[generation, value, self._codes_ttl],
                                                   client=self._writer), essential=False)
 
-    async def record(self, events: list[Interaction], post: Post) -> Recorded:
+    async def record(self, events: list[Interaction], post: Post, new_items: NewItems | None = None) -> Recorded:
         users = list(dict.fromkeys(e.user_id for e in events))
         number = {user_id: n for n, user_id in enumerate(users, 1)}
         keys = [f"{KEY_PREFIX}post:{post.key}", STREAM]
@@ -202,6 +299,9 @@ class RedisStore:
             keys += [f"{self._user(user_id)}:items", f"{self._user(user_id)}:gen"]
         fields = [list(itertools.chain.from_iterable(e.stream_fields().items())) for e in events]
         args = [post.fingerprint, max(1, int(post.ttl * 1000)), self.channel, "\n".join(users), len(fields[0])]
+        items = new_items.ids if new_items else ()
+        args += [self._added(new_items.version) if new_items else "", new_items.cap if new_items else 0,
+                 len(items), *items]
         for event, stream_fields in zip(events, fields, strict=True):
             args += [number[event.user_id], event.item_id, *stream_fields]
         try:
@@ -211,8 +311,52 @@ class RedisStore:
                 self.near.invalidate(user_id)
         if reply[0] == 0:
             return Recorded.replay(post, reply[1].decode(), users)
-        return Recorded({user_id: UserState(int(reply[2 + 2 * n]), frozenset(i.decode() for i in reply[3 + 2 * n]))
-                         for n, user_id in enumerate(users)})
+        if reply[0] == 2:
+            raise ItemCapReached(int(reply[1]), int(reply[2]), new_items.cap)
+        states = {user_id: UserState(int(reply[2 + 2 * n]), frozenset(i.decode() for i in reply[3 + 2 * n]))
+                  for n, user_id in enumerate(users)}
+        first = 2 + 2 * len(users)
+        return Recorded(states, items={item_id: ItemState(int(reply[first + 2 * n]),
+                                                          frozenset(u.decode() for u in reply[first + 1 + 2 * n]))
+                                       for n, item_id in enumerate(items)})
+
+    async def save_item_codes(self, version: str, item_id: str, generation: int, payload: bytes) -> None:
+        value = f"{generation:0{_GEN_DIGITS}d}".encode() + payload
+        message = f"{version}\n{item_id}\n{generation}\n{time.time()!r}\n".encode() + payload
+        await self._call(lambda: self._save_item(keys=[f"{self._added(version)}codes"],
+                                                 args=[item_id, generation, value, self.items_channel, message],
+                                                 client=self._writer), essential=False)
+
+    async def load_added_items(self, version: str) -> dict[str, AddedItem]:
+        prefix = self._added(version)
+
+        async def fetch():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(f"{prefix}gen").hgetall(f"{prefix}codes")
+                return await pipe.execute()
+
+        generations, codes = await self._call(fetch)
+        saved = {k.decode(): (int(v[:_GEN_DIGITS]), bytes(v[_GEN_DIGITS:])) for k, v in codes.items()}
+        return {k.decode(): AddedItem(int(g), saved.get(k.decode())) for k, g in generations.items()}
+
+    async def item_users(self, version: str, item_id: str) -> ItemState:
+        prefix = self._added(version)
+
+        async def fetch():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(f"{prefix}gen", item_id).smembers(f"{prefix}users:{item_id}")
+                return await pipe.execute()
+
+        generation, users = await self._call(fetch)
+        return ItemState(int(generation or 0), frozenset(u.decode() for u in users))
+
+    async def carry_items(self, old: str, new: str, item_ids: list[str]) -> None:
+        await self._call(lambda: self._carry_items(keys=[self._added(old), self._added(new)], args=item_ids,
+                                                   client=self._writer))
+
+    async def retire_items(self, version: str) -> None:
+        await self._call(lambda: self._retire_items(keys=[self._added(version)], args=[RETIRE_GRACE_SECONDS],
+                                                    client=self._writer), essential=False)
 
     async def ping(self) -> bool:
         try:

@@ -1,4 +1,4 @@
-"""``POST /interactions``: record new interactions and requantize their users.
+"""``POST /interactions``: record new interactions, requantize their users, fold in items the model lacks.
 
 The order is what keeps an unauthenticated or oversized request cheap: the API key (a router dependency)
 first, then the body, read and parsed under bounds (``service.api.body``), then validation.
@@ -61,9 +61,10 @@ def build(settings: Settings) -> APIRouter:
                          400: "the body is not JSON, or nests too deep",
                          401: "missing or invalid API key",
                          413: f"the body is larger than GNAQ_MAX_BODY_BYTES ({settings.max_body_bytes})",
+                         409: "the post names items the model does not know and would add more of them than "
+                              f"GNAQ_MAX_ADDED_ITEMS ({settings.max_added_items}); nothing was recorded",
                          415: "the body is not application/json",
-                         422: "invalid body, unknown item, or an Idempotency-Key reused for another body; "
-                              "nothing was recorded",
+                         422: "invalid body, or an Idempotency-Key reused for another body; nothing was recorded",
                          503: "no model loaded yet, or the store did not confirm the write: see `outcome`"})})
     async def post_interactions(
             request: Request, response: Response, recommender: RecommenderDep,
@@ -74,7 +75,9 @@ def build(settings: Settings) -> APIRouter:
     ) -> InteractionsAccepted:
         """Log interactions durably (for the nightly retrain) and update the users' codes at once.
 
-        All or nothing: if any item is unknown, or the store cannot log them, none is recorded.
+        An item the model was not trained with is accepted (ids follow the user id rules): it is folded in from
+        the users who interacted with it, requantized and served on every replica until the next model trains
+        it. All or nothing: if the new items would pass the cap, or the store cannot log them, none is recorded.
         """
         payload = await read_json(request, max_bytes=settings.max_body_bytes, max_items=settings.max_batch)
         batch = _validated(payload, settings.max_batch)
