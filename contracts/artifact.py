@@ -50,6 +50,7 @@ from contracts.manifest import (
 )
 from model.foldin import FoldIn
 from model.packing import pack_codes, unpack_codes
+from model.quantizers import DEFAULT_CLIP
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 MANIFEST_FILE = "manifest.json"
@@ -168,7 +169,7 @@ class ModelArtifact:
     def foldin(self) -> FoldIn:
         """What folding a new user in needs, from this artifact: item table, degrees, quantizer settings."""
         quantizer = self.info.quantizer
-        clip = quantizer.clip if quantizer is not None and quantizer.clip is not None else 1.0
+        clip = quantizer.clip if quantizer is not None and quantizer.clip is not None else DEFAULT_CLIP
         return FoldIn(self.item, self.arrays["item_degree"], clip=clip, item_theta=self.arrays.get("item_theta"),
                       layers=self.info.layers)
 

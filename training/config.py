@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.manifest import ModelInfo
-from model.quantizers import SUPPORTED_BITS
+from model.quantizers import DEFAULT_CLIP, SUPPORTED_BITS
 from training.loaders import Columns
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
@@ -108,7 +108,7 @@ class GNAQConfig(Section):
                                                "estimator, or the plain straight-through estimator")
     eta: float = Field(0.5, ge=0, description="weight of the graph relation-aware term (c)")
     equalize: bool = Field(True, description="shared per-dimension scale before the per-node grids")
-    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
+    clip: float = Field(DEFAULT_CLIP, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step")
     center: bool = Field(False, description="subtract each table's mean vector (stored once) before the grids")
     track_stats: bool = Field(True, description="(b): recompute each node's mean and std from its current "
                               "embedding at every step (--no-track-stats: keep them from initialisation)")

@@ -36,6 +36,7 @@ from training.splits import validation_split, without_pairs
 from training.trainer import EpochRecord, FitSettings, fit
 
 log = logging.getLogger(__name__)
+WARM_START_DIR = ".cache"  # <model dir>/.cache: fp32 warm starts, pruned with the versions (training.warm_starts)
 
 
 @dataclass
@@ -137,11 +138,14 @@ def _settings(config: TrainConfig, stage: Schedule) -> FitSettings:
                        lr_patience=stage.lr_patience, ema=stage.ema, negatives=config.bpr.negatives)
 
 
-def _fp32_cache_path(ws: Workspace) -> Path:
+def warm_start_name(fingerprint: str, config: TrainConfig) -> str:
     """Cache key: the data and every setting the fp32 stage depends on, so quantized runs share one warm start."""
-    key = json.dumps([ws.data.fingerprint(), ws.config.fp32_settings()], sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return ws.config.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
+    key = json.dumps([fingerprint, config.fp32_settings()], sort_keys=True)
+    return f"fp32-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _fp32_cache_path(ws: Workspace) -> Path:
+    return ws.config.resolved_model_dir() / WARM_START_DIR / warm_start_name(ws.data.fingerprint(), ws.config)
 
 
 def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
