@@ -6,6 +6,7 @@ depend on: services, commands, healthchecks, volumes, start order, non-root user
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 import shlex
@@ -15,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -362,3 +364,54 @@ def test_init_job_matches_the_compose_init() -> None:
     (container,) = pod_spec(manifests()[("Job", "gnaq-init")])["containers"]
     assert container["command"][-1] == command("init")[-1]
     assert env_of(container)["GNAQ_DATASET"] == "ml-100k"
+
+
+# The Kubernetes API's own schemas (the OpenAPI definitions kubernetes-validate ships, read offline), strict:
+# a misspelt or misplaced field is an error, as `kubectl apply --validate=strict` would make it.
+K8S_VERSION = "1.30.0"  # an older release the manifests must still apply to; and the newest the package knows
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
+def test_manifests_validate_against_the_kubernetes_schemas(version: str) -> None:
+    for obj in manifests().values():
+        kubernetes_validate.validate(obj, version, strict=True)  # raises with the offending path
+
+
+def test_the_schema_validator_refuses_a_misspelt_field() -> None:
+    job = copy.deepcopy(manifests()[("Job", "gnaq-init")])
+    pod_spec(job)["containers"][0]["imagePullPolice"] = "IfNotPresent"
+    with pytest.raises(kubernetes_validate.ValidationError, match="imagePullPolice"):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+# --- the stack on a real engine --------------------------------------------------------------------------------
+
+def _engine_problem() -> str | None:
+    """Why the compose smoke test cannot run here, or None when a Docker engine and `docker compose` answer."""
+    if not shutil.which("docker"):
+        return "no `docker` command (bash ../shared/docker/local-engine.sh installs one where it exists)"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=30)
+        if info.returncode != 0:
+            return f"no Docker engine answers: {info.stderr.strip().splitlines()[-1] if info.stderr else ''}"
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode != 0:
+            return "the Docker engine answers but the `docker compose` plugin is missing"
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    return None
+
+
+def test_compose_smoke_builds_and_runs_the_stack_on_a_real_engine(capsys: pytest.CaptureFixture) -> None:
+    """deploy/compose-smoke.sh: build, up --wait, read, write, retrain, Redis restart, down/up, down -v."""
+    problem = _engine_problem()
+    if problem:
+        pytest.skip(f"compose smoke test not run: {problem}")
+    result = subprocess.run(["bash", "deploy/compose-smoke.sh"], cwd=REPO, capture_output=True, text=True,
+                            timeout=2400)
+    with capsys.disabled():  # every step and its time, in the CI log
+        print("\n" + result.stdout[-20000:], end="")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.endswith("] passed") for line in lines)
+    assert "step 9: docker compose down -v" in lines[-1]
