@@ -10,12 +10,12 @@ FROM ${PYTHON_IMAGE} AS torch
 ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# CPU build of torch first: the project's torch range is then met without CUDA wheels. Its C++ headers and
-# static libraries only serve extension builds, never a run: left out of both images.
+# CPU build of torch first: the project's torch range is then met without CUDA wheels. Its C++ headers, CMake
+# files and C++ test binaries (about 0.2 GB) serve extension builds and torch's own tests, never a run: left out.
 RUN pip install "torch==2.13.0" ${TORCH_PIP_ARGS} \
-    && rm -rf /opt/venv/lib/python3.11/site-packages/torch/include /opt/venv/lib/python3.11/site-packages/torch/share
+    && cd /opt/venv/lib/python3.11/site-packages/torch && rm -rf include share test
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # The dependencies of the extras, as a requirements file: installed before the sources are copied, so that a
 # change of code rebuilds only the last, small layer (Docker's layer cache keeps torch and the dependencies).
 RUN for extras in serve train,serve; do python -c "import sys, tomllib; \
