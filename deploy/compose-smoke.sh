@@ -32,7 +32,7 @@ started=$SECONDS
 # The project's .env, as a user writes it from .env.example: own key, own port, a quick first model.
 sed -e "s|^GNAQ_API_KEYS=.*|GNAQ_API_KEYS=${key}|" -e "s|^GNAQ_PORT=.*|GNAQ_PORT=${port}|" \
     -e "s|^GNAQ_RELOAD_POLL_SECONDS=.*|GNAQ_RELOAD_POLL_SECONDS=1|" \
-    -e "s|^GNAQ_TRAIN_ARGS=.*|GNAQ_TRAIN_ARGS=${GNAQ_SMOKE_TRAIN_ARGS:---dim 16 --epochs 3 --qat-epochs 3 --eval-every 1}|" \
+    -e "s|^GNAQ_TRAIN_ARGS=.*|GNAQ_TRAIN_ARGS=${GNAQ_SMOKE_TRAIN_ARGS:---dim 16 --epochs 1 --qat-epochs 1 --eval-every 1}|" \
     .env.example >"$work/.env"
 compose=(docker compose --project-name "$project" --project-directory . -f docker-compose.yml --env-file "$work/.env")
 
