@@ -118,7 +118,7 @@ after=$(recommended) || fail api "GET /recommend/${user}?k=10 after the post"
 say "step 5: the next GET no longer recommends ${top}: ok"
 
 # 6. A retrain in the trainer container, hot-reloaded by the API.
-step "step 6: docker compose exec trainer gnaq retrain --force --tolerance 1" 600 trainer \
+step "step 6: docker compose exec trainer gnaq retrain --force --tolerance 1" 900 trainer \
   "${compose[@]}" exec -T trainer gnaq retrain --force --tolerance 1
 new_version() { [[ $(served_version) != "$first" ]]; }
 wait_for 60 api "the API did not hot-reload the retrained version" new_version
