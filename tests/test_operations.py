@@ -125,3 +125,18 @@ def test_serve_exits_0_after_a_graceful_drain_on_sigterm(model_dir):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_trainer_health_check_follows_the_scheduler_heartbeat(tmp_path, monkeypatch, capsys):
+    from training import heartbeat, schedule
+
+    beat = tmp_path / "beat"
+    monkeypatch.setenv("GNAQ_HEARTBEAT_FILE", str(beat))
+    assert heartbeat.main([]) == 1 and "no heartbeat at" in capsys.readouterr().out
+    scheduler = schedule.Scheduler(["true"], schedule.parse_hhmm("02:00"), heartbeat=schedule.heartbeat_path())
+    scheduler.beat()  # what both loops do, at most every HEARTBEAT_SECONDS
+    assert beat.exists() and heartbeat.main([]) == 0 and "scheduler alive" in capsys.readouterr().out
+    stale = time.time() - 120
+    os.utime(beat, (stale, stale))
+    assert heartbeat.main([]) == 1 and "the scheduler loop is not running" in capsys.readouterr().out
+    assert heartbeat.main(["--max-age", "300"]) == 0
