@@ -96,6 +96,14 @@ def add_section_flags(parser: argparse.ArgumentParser, name: str, *, advanced: b
                   shown=advanced or not _is_advanced(inner))
 
 
+def flag_of(dest: str) -> str:
+    """The command-line flag whose ``dest`` this is (``columns.user`` is ``--user-col``)."""
+    section, _, key = dest.partition(SEPARATOR)
+    if not key:
+        return "--" + section.replace("_", "-")
+    return "--" + _RENAMED.get((section, key), _SECTION_PREFIX[section] + key).replace("_", "-")
+
+
 def settings_from_flags(args: argparse.Namespace, *, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The settings the flags set, sections as nested dicts (``ignore``: other arguments of the command)."""
     out: dict[str, Any] = {}

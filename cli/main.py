@@ -10,20 +10,41 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.flags import add_config_flags, add_distributed_flags, add_section_flags, settings_from_flags, train_config
+from cli.flags import (
+    SEPARATOR,
+    add_config_flags,
+    add_distributed_flags,
+    add_section_flags,
+    flag_of,
+    settings_from_flags,
+    train_config,
+)
 from training.config import TrainConfig
 
 _TRAIN_ARGS = frozenset({"command", "config", "nproc", "dist_timeout", "raw_argv"})
 _STATS_ARGS = frozenset({"command", "data_command", "dataset", "data_dir"})
 _RETRAIN_ARGS = frozenset({"command", "tolerance", "gate_confidence", "gate_min_users", "alert_after", "keep", "wait",
                            "force"})
-# Settings a retrain takes from the current model, whatever the flags say (its data, where it writes).
-_RETRAIN_FIXED = frozenset({"model_dir", "data_dir", "dataset", "split", "test_fraction", "version", "publish"})
+# Where a retrain runs and reads from: honoured, but not settings of the new model.
+_RETRAIN_PLACES = frozenset({"model_dir", "data_dir"})
+# `gnaq train` flags a retrain cannot honour: it trains on the current model's data (dataset, split, validation
+# pairs, CSV columns, all recorded in its manifest) plus the logged interactions, and its quality gate publishes.
+_RETRAIN_REFUSED = {
+    "dataset": "a retrain trains on the current model's dataset, recorded in its manifest, plus the logged "
+               "interactions; train a model on other data with `gnaq train`",
+    "split": "the test split is the current model's, recorded in its manifest, so that versions compare",
+    "test_fraction": "the test split is the current model's, recorded in its manifest, so that versions compare",
+    "valid_fraction": "the candidate is gated on the current model's own validation pairs, stored in its artifact",
+    "publish": "the quality gate decides whether a retrained version is published; `gnaq rollback` undoes one",
+    "columns": "a retrain reads the data with the CSV columns recorded in the current model's manifest "
+               "([columns] of its config); train a model on a differently laid-out file with `gnaq train`",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"size:  embeddings {sizes.embedding_bytes:,} B vs fp32 table {sizes.fp32_embedding_bytes:,} B "
           f"= {sizes.compression_ratio:.1f}x smaller; whole artifact {sizes.artifact_bytes:,} B")
     if cluster.distributed:
-        print(f"ranks: {cluster.world_size} ({cluster.backend}), global batch {config.bpr.batch_size}")
+        print(f"ranks: {cluster.world_size} ({cluster.backend}), global batch {manifest.config['bpr']['batch_size']}")
     return 0
 
 
@@ -159,16 +180,27 @@ def _model_dir(value: object) -> Path:
     return Path(str(value)) if value else Path(os.environ.get("GNAQ_MODEL_DIR", "models"))
 
 
+def _refuse_unhonoured(args: argparse.Namespace) -> None:
+    """A ``gnaq train`` flag that a retrain would have to ignore is an error, never silently dropped."""
+    given = sorted(dest for dest in vars(args) if dest.partition(SEPARATOR)[0] in _RETRAIN_REFUSED)
+    if given:
+        reasons = dict.fromkeys(_RETRAIN_REFUSED[dest.partition(SEPARATOR)[0]] for dest in given)
+        flags = [flag_of(d) if getattr(args, d) is not False else f"--no-{flag_of(d)[2:]}" for d in given]
+        raise ValueError(f"gnaq retrain cannot honour {', '.join(flags)}: "
+                         + "; ".join(reasons))
+
+
 def _retrain(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from service.core.config import Settings
     from training.log_reader import RedisInteractionLog, SqliteInteractionLog
     from training.quality_gate import GateSettings
-    from training.retrain import EXIT_LOCKED, RetrainLocked, retrain, retrain_lock
+    from training.retrain import EXIT_LOCKED, EXIT_NO_SPACE, NotEnoughSpace, RetrainLocked, retrain, retrain_lock
 
     flags = settings_from_flags(args, ignore=_RETRAIN_ARGS)
-    overrides = {k: v for k, v in flags.items() if k not in _RETRAIN_FIXED}
+    _refuse_unhonoured(args)
+    overrides = {k: v for k, v in flags.items() if k not in _RETRAIN_PLACES}
     model_dir = _model_dir(flags.get("model_dir"))
     service = Settings(model_dir=model_dir)  # where the service logs interactions: same settings, same place
     gate = GateSettings(args.tolerance, args.gate_confidence, args.gate_min_users)
@@ -181,6 +213,9 @@ def _retrain(args: argparse.Namespace) -> int:
     except RetrainLocked as error:
         print(f"retrain: skipped; {error}")
         return EXIT_LOCKED
+    except NotEnoughSpace as error:
+        print(f"gnaq: error: retrain not started: {error}", file=sys.stderr)
+        return EXIT_NO_SPACE
     print(outcome.summary())
     return outcome.exit_code
 
@@ -229,6 +264,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["GNAQ_MODEL_DIR"] = str(args.model_dir)  # read by the workers' settings
     model_dir = _model_dir(args.model_dir)
     print(f"serving {resolve_version(model_dir)} on http://{args.host}:{args.port} (docs at /docs)")
+    # uvicorn drains, shuts the app down, then re-raises the SIGTERM it caught; with the default handler that
+    # kills the process (exit 143) and an orchestrator counts a normal stop as a failure. A no-op handler
+    # takes the re-raised signal instead: the drain is unchanged and a requested stop exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, access_log=False, http=args.http,
                 h11_max_incomplete_event_size=Settings().max_header_bytes)

@@ -51,6 +51,7 @@ from contracts.manifest import (
 from model.foldin import FoldIn
 from model.item_foldin import ItemFoldIn, norm_fit
 from model.packing import pack_codes, unpack_codes
+from model.quantizers import DEFAULT_CLIP
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 MANIFEST_FILE = "manifest.json"
@@ -168,9 +169,10 @@ class ModelArtifact:
 
     @property
     def _clip(self) -> float:
-        """The quantizer's step as a multiple of the Gaussian MSE-optimal one (1 when none is recorded)."""
+        """The quantizer's step as a multiple of the Gaussian MSE-optimal one (training's default when none is
+        recorded)."""
         quantizer = self.info.quantizer
-        return quantizer.clip if quantizer is not None and quantizer.clip is not None else 1.0
+        return quantizer.clip if quantizer is not None and quantizer.clip is not None else DEFAULT_CLIP
 
     def foldin(self) -> FoldIn:
         """What folding a new user in needs, from this artifact: item table, degrees, quantizer settings."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.quantizers import encode_stored, gaussian_grid
+from model.quantizers import DEFAULT_CLIP, encode_stored, gaussian_grid
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 # Bits of the rows the service requantizes for users who interacted after training. A user row is a query, never
@@ -78,7 +78,7 @@ class FoldIn:
 
     item_table: EmbeddingTable
     item_degree: np.ndarray
-    clip: float = 0.8
+    clip: float = DEFAULT_CLIP
     item_theta: np.ndarray | None = None
     layers: int = 0
 

@@ -75,6 +75,9 @@ class _GraphRelationAwareRound(torch.autograd.Function):
         return grad + ctx.eta * influence * rms * residual, None, None
 
 
+DEFAULT_CLIP = 0.8  # GNAQ's grid step as a multiple of the Gaussian MSE-optimal one: training and fold-in
+
+
 def gaussian_grid(mean: Tensor, std: Tensor, bits: int, clip: float) -> tuple[Tensor, Tensor]:
     """``(scale, offset)`` of a 2^b-level grid centred on ``mean`` with step ``clip * c_b * std``."""
     scale = clip * GAUSSIAN_STEP[bits] * std.clamp_min(1e-8)
@@ -208,7 +211,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
                  layers: int, node_aware: bool = True, dynamic: bool = True,
                  estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
-                 clip: float = 0.8, center: bool = False, track_stats: bool = True,
+                 clip: float = DEFAULT_CLIP, center: bool = False, track_stats: bool = True,
                  relative: bool = False) -> None:
         super().__init__(bits, n_users)
         if estimator not in ("graph", "ste"):

@@ -6,6 +6,7 @@ depend on: services, commands, healthchecks, volumes, start order, non-root user
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 import shlex
@@ -15,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -93,34 +95,57 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 # --- image -----------------------------------------------------------------------------------------------------
 
-def test_dockerfile_is_multi_stage_with_cpu_torch_in_the_builder() -> None:
-    builder, final = dockerfile_stages()
-    assert builder[0][1].endswith("AS builder")
-    runs = " ".join(args for instruction, args in builder if instruction == "RUN")
-    assert "torch==2.13.0" in runs and "--index-url https://download.pytorch.org/whl/cpu" in runs
-    assert runs.index("torch==2.13.0") < runs.index('pip install ".[train,serve]"')  # CPU torch first
-    assert "recbole==1.2.1" in runs  # carries the embedded default dataset
+def stage(name: str) -> list[tuple[str, str]]:
+    """The Dockerfile stage ``FROM ... AS name``."""
+    return next(st for st in dockerfile_stages() if st[0][1].split()[-1] == name)
+
+
+def runs_of(name: str) -> str:
+    return " ".join(args for instruction, args in stage(name) if instruction == "RUN")
+
+
+def test_dockerfile_builds_an_api_and_a_trainer_image_api_by_default() -> None:
+    names = [st[0][1].split()[-1] for st in dockerfile_stages()]
+    assert names == ["torch", "sources", "api-venv", "trainer-venv", "runtime", "trainer", "api"]
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in (REPO / "Dockerfile").read_text()
-    assert final[0] == ("FROM", "${PYTHON_IMAGE}")
+    assert stage("runtime")[0] == ("FROM", "${PYTHON_IMAGE} AS runtime")
+    assert stage("api")[0] == ("FROM", "runtime AS api")  # the last stage: what a plain `docker build .` makes
 
 
-def test_final_stage_copies_only_the_venv_and_installs_nothing() -> None:
-    final = dockerfile_stages()[1]
-    copies = [args for instruction, args in final if instruction in ("COPY", "ADD")]
-    assert copies == ["--from=builder /opt/venv /opt/venv"]
-    runs = " ".join(args for instruction, args in final if instruction == "RUN")
-    assert not re.search(r"pip |apt-get|apk |gcc|build-essential", runs)
+def test_torch_is_the_cpu_build_from_a_build_argument_whose_default_is_the_pytorch_index() -> None:
+    torch = dict(stage("torch"))
+    assert torch["ARG"] == 'TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"'
+    assert 'pip install "torch==2.13.0" ${TORCH_PIP_ARGS}' in runs_of("torch")
 
 
-def test_final_stage_runs_as_non_root_with_a_healthcheck_and_serves_by_default() -> None:
-    final = dict(dockerfile_stages()[1])
-    assert final["USER"].split(":")[0] not in ("root", "0")
-    assert final["USER"] == "10001:10001"  # the uid the Kubernetes manifests run as
-    healthcheck = final["HEALTHCHECK"]
-    assert "urllib.request" in healthcheck and "http://127.0.0.1:8000/healthz" in healthcheck
-    assert re.search(r"--interval=\S+ .*--timeout=\S+", healthcheck)
-    assert yaml.safe_load(final["CMD"]) == ["gnaq", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert "GNAQ_MODEL_DIR=/models" in final["ENV"]
+def test_the_api_image_leaves_out_the_training_extras_and_the_trainer_has_them() -> None:
+    assert "pip install -r serve.txt" in runs_of("api-venv") and "train" not in runs_of("api-venv")
+    assert "pip install -r train.txt" in runs_of("trainer-venv") and "recbole==1.2.1" in runs_of("trainer-venv")
+    assert "for extras in serve train,serve" in runs_of("torch")  # the requirements files, from pyproject.toml
+    for name in ("api-venv", "trainer-venv"):  # dependencies first, sources last: code changes rebuild little
+        instructions = [args for _, args in stage(name)]
+        assert instructions.index("--from=sources /src /src") > 0 and runs_of(name).endswith("pip install --no-deps .")
+
+
+def test_final_stages_copy_only_their_venv_and_install_nothing() -> None:
+    for name, venv in (("api", "api-venv"), ("trainer", "trainer-venv")):
+        final = stage(name)
+        copies = [args for instruction, args in final if instruction in ("COPY", "ADD")]
+        assert copies == [f"--from={venv} /opt/venv /opt/venv"]
+        assert not any(instruction == "RUN" for instruction, _ in final)
+    assert not re.search(r"pip |apt-get|apk |gcc|build-essential", runs_of("runtime"))
+
+
+def test_images_run_as_non_root_with_a_healthcheck_each() -> None:
+    assert dict(stage("runtime"))["USER"] == "10001:10001"  # the uid the Kubernetes manifests run as
+    assert "GNAQ_MODEL_DIR=/models" in dict(stage("runtime"))["ENV"]
+    api = dict(stage("api"))
+    assert "urllib.request" in api["HEALTHCHECK"] and "http://127.0.0.1:8000/healthz" in api["HEALTHCHECK"]
+    assert re.search(r"--interval=\S+ .*--timeout=\S+", api["HEALTHCHECK"])
+    assert yaml.safe_load(api["CMD"]) == ["gnaq", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    trainer = dict(stage("trainer"))
+    assert trainer["HEALTHCHECK"].endswith('CMD ["python", "-m", "training.heartbeat"]')
+    assert yaml.safe_load(trainer["CMD"]) == ["python", "-m", "training.schedule", "--", "gnaq", "retrain"]
 
 
 def test_dockerignore_keeps_heavy_and_secret_paths_out_but_not_the_sources() -> None:
@@ -138,11 +163,31 @@ def test_dockerignore_keeps_heavy_and_secret_paths_out_but_not_the_sources() -> 
 
 # --- docker compose --------------------------------------------------------------------------------------------
 
-def test_compose_services_share_one_image() -> None:
+def test_compose_runs_the_api_image_for_the_api_and_the_trainer_image_for_the_jobs() -> None:
     assert set(compose()["services"]) == {"redis", *GNAQ_SERVICES}
-    for name in GNAQ_SERVICES:
-        assert service(name)["build"] == "."
-        assert with_defaults(service(name)["image"]) == "gnaq-rec:latest"
+    images = {"api": ("api", "gnaq-rec-api:latest"), "init": ("trainer", "gnaq-rec-trainer:latest"),
+              "trainer": ("trainer", "gnaq-rec-trainer:latest")}
+    for name, (target, image) in images.items():
+        build = service(name)["build"]
+        assert build["context"] == "." and build["target"] == target
+        assert with_defaults(build["args"]["TORCH_PIP_ARGS"]) == "--index-url https://download.pytorch.org/whl/cpu"
+        assert with_defaults(service(name)["image"]) == image
+
+
+def test_every_service_has_a_healthcheck_that_up_wait_accepts() -> None:
+    for name in ("redis", *GNAQ_SERVICES):
+        healthcheck = service(name)["healthcheck"]
+        assert "disable" not in healthcheck and healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
+    assert service("trainer")["healthcheck"]["test"] == ["CMD", "python", "-m", "training.heartbeat"]
+
+
+def test_no_host_directory_is_mounted_unless_configured() -> None:
+    """A missing bind-mount source is created by the engine, owned by root: the default is a named volume."""
+    for name in ("init", "trainer"):
+        source, mode = mounts(name)["/data"]
+        assert source in compose()["volumes"] and mode == "ro", name
+    for name in ("redis", *GNAQ_SERVICES):
+        assert all(source in compose()["volumes"] for source, _ in mounts(name).values()), name
 
 
 def test_redis_persists_with_aof_on_a_named_volume_and_has_a_healthcheck() -> None:
@@ -169,10 +214,11 @@ def test_init_trains_on_the_embedded_dataset_only_without_current() -> None:
     sh, flag, script = command("init")
     assert (sh, flag) == ("sh", "-c")
     assert script.startswith('if [ -e "$GNAQ_MODEL_DIR/CURRENT" ]; then')
-    assert 'else exec gnaq train --dataset "$GNAQ_DATASET" --method gnaq --bits 2 --no-progress; fi' in script
+    assert ('else exec gnaq train --dataset "$GNAQ_DATASET" --method gnaq --bits 2 --no-progress $GNAQ_TRAIN_ARGS; '
+            'fi') in script
     assert with_defaults(init["environment"]["GNAQ_DATASET"]) == "ml-100k"
+    assert with_defaults(init["environment"]["GNAQ_TRAIN_ARGS"]) == ""
     assert init["restart"] == "no"
-    assert init["healthcheck"] == {"disable": True}
 
 
 def test_api_waits_for_healthy_redis_and_a_trained_model() -> None:
@@ -181,20 +227,24 @@ def test_api_waits_for_healthy_redis_and_a_trained_model() -> None:
                                  "init": {"condition": "service_completed_successfully"}}
     assert command("api") == ["gnaq", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert api["ports"] == ["${GNAQ_PORT:-8000}:8000"]
-    assert "healthcheck" not in api  # the image's HEALTHCHECK on /healthz applies
+    assert "http://127.0.0.1:8000/healthz" in " ".join(api["healthcheck"]["test"])
     assert with_defaults(api["environment"]["GNAQ_INDEX"]) in ("float", "codes")
     assert set(api["environment"]) >= {"GNAQ_API_KEYS", "GNAQ_CACHE_TTL_SECONDS", "GNAQ_MAX_K",
                                        "GNAQ_RELOAD_POLL_SECONDS", "GNAQ_OPEN_READS", "GNAQ_SEARCH_THREADS"}
 
 
-def test_trainer_runs_the_nightly_schedule_of_gnaq_retrain() -> None:
+def test_trainer_runs_the_nightly_schedule_of_gnaq_retrain_both_from_env() -> None:
     trainer = service("trainer")
-    assert trainer["command"] == ["python", "-m", "training.schedule", "--at", "${GNAQ_RETRAIN_AT:-02:00}",
-                                  "--", "gnaq", "retrain"]
-    args = schedule._parser().parse_args(command("trainer")[3:])  # the scheduler accepts what compose passes
+    sh, flag, script = command("trainer")
+    assert (sh, flag) == ("sh", "-c")
+    assert script == 'exec python -m training.schedule --at "$GNAQ_RETRAIN_AT" -- $GNAQ_RETRAIN_COMMAND'
+    environment = {k: with_defaults(v) for k, v in trainer["environment"].items()}
+    assert environment["GNAQ_RETRAIN_AT"] == "02:00" and environment["GNAQ_RETRAIN_COMMAND"] == "gnaq retrain"
+    expanded = shlex.split(script.removeprefix("exec ").replace("$GNAQ_RETRAIN_AT", "02:00")
+                           .replace("$GNAQ_RETRAIN_COMMAND", "gnaq retrain"))
+    args = schedule._parser().parse_args(expanded[3:])  # the scheduler accepts what the shell passes
     assert schedule.parse_hhmm(args.at).strftime("%H:%M") == "02:00" and args.command == ["gnaq", "retrain"]
     assert trainer["depends_on"]["redis"] == {"condition": "service_healthy"}
-    assert trainer["healthcheck"] == {"disable": True}  # the image's check probes the API
     assert trainer["restart"] == "unless-stopped"
 
 
@@ -306,10 +356,62 @@ def test_gnaq_pods_run_as_the_images_non_root_user() -> None:
         context = spec["securityContext"]
         assert context["runAsNonRoot"] is True and context["runAsUser"] == 10001, key
         assert context["fsGroup"] == 10001, key  # group-writable model volume
-        assert all(c["image"] == "gnaq-rec:latest" for c in spec["containers"]), key
+        image = "gnaq-rec-api:latest" if key[0] == "Deployment" else "gnaq-rec-trainer:latest"
+        assert all(c["image"] == image for c in spec["containers"]), key  # what compose-smoke.sh builds
 
 
 def test_init_job_matches_the_compose_init() -> None:
     (container,) = pod_spec(manifests()[("Job", "gnaq-init")])["containers"]
     assert container["command"][-1] == command("init")[-1]
     assert env_of(container)["GNAQ_DATASET"] == "ml-100k"
+
+
+# The Kubernetes API's own schemas (the OpenAPI definitions kubernetes-validate ships, read offline), strict:
+# a misspelt or misplaced field is an error, as `kubectl apply --validate=strict` would make it.
+K8S_VERSION = "1.30.0"  # an older release the manifests must still apply to; and the newest the package knows
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
+def test_manifests_validate_against_the_kubernetes_schemas(version: str) -> None:
+    for obj in manifests().values():
+        kubernetes_validate.validate(obj, version, strict=True)  # raises with the offending path
+
+
+def test_the_schema_validator_refuses_a_misspelt_field() -> None:
+    job = copy.deepcopy(manifests()[("Job", "gnaq-init")])
+    pod_spec(job)["containers"][0]["imagePullPolice"] = "IfNotPresent"
+    with pytest.raises(kubernetes_validate.ValidationError, match="imagePullPolice"):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+# --- the stack on a real engine --------------------------------------------------------------------------------
+
+def _engine_problem() -> str | None:
+    """Why the compose smoke test cannot run here, or None when a Docker engine and `docker compose` answer."""
+    if not shutil.which("docker"):
+        return "no `docker` command (bash ../shared/docker/local-engine.sh installs one where it exists)"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=30)
+        if info.returncode != 0:
+            return f"no Docker engine answers: {info.stderr.strip().splitlines()[-1] if info.stderr else ''}"
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode != 0:
+            return "the Docker engine answers but the `docker compose` plugin is missing"
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    return None
+
+
+def test_compose_smoke_builds_and_runs_the_stack_on_a_real_engine(capsys: pytest.CaptureFixture) -> None:
+    """deploy/compose-smoke.sh: build, up --wait, read, write, retrain, Redis restart, down/up, down -v."""
+    problem = _engine_problem()
+    if problem:
+        pytest.skip(f"compose smoke test not run: {problem}")
+    result = subprocess.run(["bash", "deploy/compose-smoke.sh"], cwd=REPO, capture_output=True, text=True,
+                            timeout=2400)
+    with capsys.disabled():  # every step and its time, in the CI log
+        print("\n" + result.stdout[-20000:], end="")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.endswith("] passed") for line in lines)
+    assert "step 9: docker compose down -v" in lines[-1]

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.manifest import ModelInfo
-from model.quantizers import SUPPORTED_BITS
+from model.quantizers import DEFAULT_CLIP, SUPPORTED_BITS
 from training.loaders import Columns
 
 # Weight of GNAQ's default distillation, chosen on MovieLens-1M validation Recall@20 (docs/method.md).
@@ -132,7 +132,7 @@ class GNAQConfig(Section):
                        json_schema_extra=_ADVANCED)
     equalize: bool = Field(True, description="shared per-dimension scale before the per-node grids",
                            json_schema_extra=_ADVANCED)
-    clip: float = Field(0.8, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step",
+    clip: float = Field(DEFAULT_CLIP, gt=0, description="grid step as a multiple of the Gaussian MSE-optimal step",
                         json_schema_extra=_ADVANCED)
     center: bool | None = Field(None, description="subtract each table's mean vector (stored once) before the "
                                 "grids (unset: chosen on validation)",

@@ -38,6 +38,7 @@ from training.splits import validation_split, without_pairs
 from training.trainer import EpochRecord, FitSettings, fit
 
 log = logging.getLogger(__name__)
+WARM_START_DIR = ".cache"  # <model dir>/.cache: fp32 warm starts, pruned with the versions (training.warm_starts)
 
 
 @dataclass
@@ -153,15 +154,19 @@ def _settings(config: TrainConfig, stage: Schedule) -> FitSettings:
                        lr_patience=stage.lr_patience, ema=stage.ema, negatives=config.bpr.negatives)
 
 
-def _fp32_cache_path(ws: Workspace) -> Path:
+def warm_start_name(fingerprint: str, config: TrainConfig, world_size: int = 1) -> str:
     """Cache key: the data and every setting the fp32 stage depends on, so quantized runs share one warm start.
 
     Several ranks draw other negatives than one process: their warm start is cached apart, per world size.
     """
-    ranks = [ws.cluster.world_size] if ws.cluster.distributed else []
-    key = json.dumps([ws.data.fingerprint(), ws.config.fp32_settings(), *ranks], sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return ws.config.resolved_model_dir() / ".cache" / f"fp32-{digest}.pt"
+    ranks = [world_size] if world_size > 1 else []
+    key = json.dumps([fingerprint, config.fp32_settings(), *ranks], sort_keys=True)
+    return f"fp32-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _fp32_cache_path(ws: Workspace) -> Path:
+    return ws.config.resolved_model_dir() / WARM_START_DIR / warm_start_name(ws.data.fingerprint(), ws.config,
+                                                                             ws.cluster.world_size)
 
 
 def _rngs(ws: Workspace, seed: int) -> tuple[np.random.Generator, np.random.Generator]:

@@ -13,7 +13,10 @@
    log entries acknowledged, so a failed or killed run leaves them pending for the next one, and a
    re-read entry is already in the published training data (pairs are deduplicated). Old versions
    beyond ``keep`` are pruned; ``gnaq rollback`` flips ``CURRENT`` back.
-5. Every run that does not skip writes ``RETRAIN_STATUS.json`` (the service exports it as metrics); once
+   Warm starts in ``.cache`` that no remaining version can reuse go with them (``training.warm_starts``).
+5. A run that would train first checks that the model directory's file system has room for a new version
+   (the current one's size plus one fp32 warm start) and otherwise refuses to start, exit code 5.
+6. Every run that does not skip writes ``RETRAIN_STATUS.json`` (the service exports it as metrics); once
    interactions have stayed pending for ``alert_after`` runs in a row, the run says so in a warning.
 
 A logged interaction is one event; training data is a set of (user, item) pairs, so an event whose pair the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +51,7 @@ from contracts.versions import (
     read_current,
     read_retrain_status,
     record_refused,
+    resolve_version,
     write_retrain_status,
 )
 from training.config import TrainConfig
@@ -56,15 +61,41 @@ from training.log_reader import InteractionLog
 from training.pipeline import load_data, run_training
 from training.quality_gate import GateSettings, Verdict, judge
 from training.splits import without_pairs
+from training.warm_starts import prune_warm_starts, warm_start_bytes
 
 log = logging.getLogger(__name__)
 
-EXIT_PUBLISHED, EXIT_ERROR, EXIT_REFUSED, EXIT_LOCKED = 0, 2, 3, 4
+EXIT_PUBLISHED, EXIT_ERROR, EXIT_REFUSED, EXIT_LOCKED, EXIT_NO_SPACE = 0, 2, 3, 4, 5
 GATE_METRIC = "recall@20"
 
 
 class RetrainLocked(RuntimeError):
     """Another retrain run holds the lock."""
+
+
+class NotEnoughSpace(RuntimeError):
+    """The model directory's file system cannot hold the version a retrain would write."""
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (a seam the tests patch)."""
+    return shutil.disk_usage(path).free
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def check_free_space(model_dir: Path, current: Path) -> int:
+    """Refuse to start unless a new version fits: the current version's size plus one more fp32 warm start."""
+    needed = directory_bytes(current) + warm_start_bytes(model_dir)
+    free = free_bytes(model_dir)
+    if free < needed:
+        raise NotEnoughSpace(f"{model_dir} has {free / 1e6:.1f} MB free, and a new version needs about "
+                             f"{needed / 1e6:.1f} MB (the size of {current.name} plus one fp32 warm start): free "
+                             "space there (e.g. `gnaq retrain --keep N` prunes old versions once a run publishes)")
+    return needed
 
 
 @dataclass(frozen=True)
@@ -179,8 +210,9 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     if not pending and not force:
         return RetrainOutcome("skipped", None, "nothing new to train on", added,
                               seconds=time.perf_counter() - started)
-    config = TrainConfig.from_manifest(current.manifest, **{**overrides, "model_dir": str(model_dir),
-                                                             "publish": False, "progress": False})
+    check_free_space(model_dir, resolve_version(model_dir))
+    config = TrainConfig.from_manifest(current.manifest, **{"progress": False, **overrides,
+                                                             "model_dir": str(model_dir), "publish": False})
     data, valid_pairs = merge(current, load_data(config, data_dir), new)
     result = run_training(config, data=data, valid_pairs=valid_pairs)
     fit_pairs = without_pairs(data.train, valid_pairs)
@@ -195,9 +227,12 @@ def retrain(model_dir: Path, interaction_log: InteractionLog, *, overrides: dict
     publish_version(model_dir, version)
     interaction_log.ack(pending)
     pruned = prune(model_dir, keep)
+    dropped = prune_warm_starts(model_dir)  # the warm starts only pruned versions could reuse
     _status(model_dir, "published", version, 0, alert_after)
     reason = f"gate: {verdict.reason}; {CURRENT_FILE} -> {version}" + (f"; pruned {', '.join(pruned)}" if pruned
                                                                         else "")
+    if dropped:
+        reason += f"; {len(dropped)} unused fp32 warm start(s) removed"
     if len(new) < len(pending):
         reason += f"; {len(pending) - len(new)} repeated events dropped"
     return RetrainOutcome("published", version, reason, added, verdict, time.perf_counter() - started)

@@ -19,15 +19,23 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time as _time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from pathlib import Path
 
 log = logging.getLogger("training.schedule")
 
 _HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 POLL_SECONDS = 0.2  # how often a running job is checked; also bounds the reaction to SIGTERM while it runs
 IDLE_STEP_SECONDS = 1.0  # longest sleep between clock readings while waiting for the next run
+HEARTBEAT_SECONDS = 5.0  # how often the loops touch the heartbeat file (``training.heartbeat`` reads it)
+
+
+def heartbeat_path() -> Path:
+    """Where the scheduler says it is alive: ``$GNAQ_HEARTBEAT_FILE``, else a file in the temporary directory."""
+    return Path(os.environ.get("GNAQ_HEARTBEAT_FILE") or Path(tempfile.gettempdir()) / "gnaq-schedule.heartbeat")
 
 
 def parse_hhmm(text: str) -> time:
@@ -75,6 +83,18 @@ class Scheduler:
     grace_seconds: float = 20.0
     clock: Clock = field(default_factory=Clock)
     stopped_by: str | None = None
+    heartbeat: Path | None = None  # touched while the loops run, so a health check can tell they are alive
+    _last_beat: float = field(default=float("-inf"), repr=False)
+
+    def beat(self) -> None:
+        """Touch the heartbeat file (at most every ``HEARTBEAT_SECONDS``); a failure is logged, never fatal."""
+        if self.heartbeat is None or _time.monotonic() - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        try:
+            self.heartbeat.touch()
+            self._last_beat = _time.monotonic()
+        except OSError as error:
+            log.warning("cannot touch the heartbeat %s: %s", self.heartbeat, error)
 
     def stop(self, signum: int | None = None, frame: object = None) -> None:
         """Only records why (no logging or locks in a signal handler); the loops notice it within a poll."""
@@ -104,6 +124,7 @@ class Scheduler:
             log.error("end: could not start %s: %s", self.command[0], error)
             return 127
         while child.poll() is None and not self.stopping:
+            self.beat()
             self.clock.sleep(POLL_SECONDS)
         if child.poll() is None:
             log.info("%s: passing SIGTERM to pid %d (waiting up to %.0f s)", self.stopped_by, child.pid,
@@ -127,6 +148,7 @@ class Scheduler:
             remaining = (target - self.clock.now()).total_seconds()
             if remaining <= 0:
                 return True
+            self.beat()
             self.clock.sleep(min(remaining, IDLE_STEP_SECONDS))
         return False
 
@@ -152,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s schedule: %(message)s")
-    scheduler = Scheduler(args.command, at, grace_seconds=args.grace)
+    scheduler = Scheduler(args.command, at, grace_seconds=args.grace, heartbeat=heartbeat_path())
     signal.signal(signal.SIGTERM, scheduler.stop)
     signal.signal(signal.SIGINT, scheduler.stop)
     zone = datetime.now().astimezone().tzname()
