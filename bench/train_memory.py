@@ -2,10 +2,11 @@
 
 ``python bench/train_memory.py --nodes 100000 300000 1000000 --out bench/results/train-memory.json`` runs each
 (size, method) in a fresh process, through the pipeline's own functions (``prepare``, ``train_full_precision``,
-``quantize``): the graph, the model, the sampler, GNAQ's quantizer and distillation are built exactly as
-``gnaq train`` builds them, and each stage trains ``--steps`` steps of ``--batch`` triples. Peak RSS is read per phase (``VmHWM``, reset between
-phases through ``/proc/self/clear_refs``). It then fits ``peak = a*E + b*N*d + c`` per method over the runs
-(E edges, N nodes, d the dimension) and prints the table. One thread per process unless ``--threads`` says more.
+``quantize``): the graph, the model, the sampler, GNAQ's quantizer and distillation are built exactly as ``gnaq
+train`` builds them, and each stage trains ``--steps`` steps of ``--batch`` triples. Peak RSS is read per phase
+(``VmHWM``, reset between phases through ``/proc/self/clear_refs``). It then fits ``peak = a*E + b*N*d + c`` per
+method over the runs (E edges, N nodes, d the dimension) and prints the table. One thread per process unless
+``--threads`` says more.
 """
 
 from __future__ import annotations
