@@ -163,7 +163,7 @@ def _pool(url: str, *, timeout: float, connect_timeout: float, retries: int) -> 
     timeouts surfaced as a 500 (seen against 7.0.15)."""
     return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
                                    retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
-                                   health_check_interval=_HEALTH_CHECK_SECONDS, lib_name=None, lib_version=None)
+                                   health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None)
 
 
 class RedisStore:
