@@ -43,6 +43,13 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 PIDS: dict[str, int] = {}  # server url -> its process id, for CPU accounting
 
 
+def empty_redis() -> str:
+    """``REDIS_URL`` (default DB 14), emptied: every run starts with no cached lists or logged posts."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used (``/proc/<pid>/stat``): unlike latency on a shared machine,
     the CPU a request costs does not grow with other people's load."""
@@ -164,8 +171,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8321)
     parser.add_argument("--json", type=Path, default=Path("runs/load.json"))
     args = parser.parse_args()
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_url = empty_redis()
     artifact = read_current(args.model_dir)
     users, items = artifact.user_ids, artifact.item_ids
     hit_path = f"/recommend/{users[0]}?k=10"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import random
 import subprocess
 import sys
@@ -19,12 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
-
 from contracts.versions import read_current
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import PIDS, run_wrk, server, write_scripts  # noqa: E402
+from load import PIDS, empty_redis, run_wrk, server, write_scripts  # noqa: E402
 
 
 def aggregate(raw: Path, top: int) -> str:
@@ -55,8 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds < 1 or args.rate < 1:
         parser.error("--seconds and --rate must be at least 1")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_url = empty_redis()
     artifact = read_current(args.model_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder, server(args.model_dir, args.port, args.index, redis_url) as url:

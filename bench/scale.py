@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from contracts.artifact import MANIFEST_FILE
 from contracts.versions import publish_version, read_current, resolve_version
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import KEY, cpu_seconds, run_wrk, write_scripts  # noqa: E402
+from load import KEY, cpu_seconds, empty_redis, run_wrk, write_scripts  # noqa: E402
 
 _SAMPLE_USERS = 200_000  # users the miss walk draws from (the wrk script holds their ids)
 
@@ -123,8 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds < 1 or args.rounds < 1:
         parser.error("--seconds and --rounds must be at least 1")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_url = empty_redis()
     artifact = read_current(args.model_dir)
     n_items, n_users = len(artifact.item_ids), len(artifact.user_ids)
     users = random.Random(0).sample(artifact.user_ids, min(_SAMPLE_USERS, n_users))
