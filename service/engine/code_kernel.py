@@ -46,6 +46,18 @@ def build_keys(codes: np.ndarray, bits: int, per_key: int, out: np.ndarray) -> N
             out[i, j] = key
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _worse(heap_s: np.ndarray, heap_r: np.ndarray, a: int, b: int) -> bool:
+    """Whether entry ``a`` ranks below ``b``: a lower score, or the same score and a higher row."""
+    return heap_s[a] < heap_s[b] or (heap_s[a] == heap_s[b] and heap_r[a] > heap_r[b])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _swap(heap_s: np.ndarray, heap_r: np.ndarray, a: int, b: int) -> None:
+    heap_s[a], heap_s[b] = heap_s[b], heap_s[a]
+    heap_r[a], heap_r[b] = heap_r[b], heap_r[a]
+
+
 @njit(nogil=True, cache=True)
 def _sift_down(heap_s: np.ndarray, heap_r: np.ndarray, size: int) -> None:
     """Restore the min-heap (worst = lowest score, then highest row) from the root."""
@@ -55,12 +67,10 @@ def _sift_down(heap_s: np.ndarray, heap_r: np.ndarray, size: int) -> None:
         if child >= size:
             return
         right = child + 1
-        if right < size and (heap_s[right] < heap_s[child]
-                             or (heap_s[right] == heap_s[child] and heap_r[right] > heap_r[child])):
+        if right < size and _worse(heap_s, heap_r, right, child):
             child = right
-        if heap_s[child] < heap_s[pos] or (heap_s[child] == heap_s[pos] and heap_r[child] > heap_r[pos]):
-            heap_s[pos], heap_s[child] = heap_s[child], heap_s[pos]
-            heap_r[pos], heap_r[child] = heap_r[child], heap_r[pos]
+        if _worse(heap_s, heap_r, child, pos):
+            _swap(heap_s, heap_r, pos, child)
             pos = child
         else:
             return
@@ -70,9 +80,8 @@ def _sift_down(heap_s: np.ndarray, heap_r: np.ndarray, size: int) -> None:
 def _sift_up(heap_s: np.ndarray, heap_r: np.ndarray, pos: int) -> None:
     while pos > 0:
         parent = (pos - 1) // 2
-        if heap_s[pos] < heap_s[parent] or (heap_s[pos] == heap_s[parent] and heap_r[pos] > heap_r[parent]):
-            heap_s[pos], heap_s[parent] = heap_s[parent], heap_s[pos]
-            heap_r[pos], heap_r[parent] = heap_r[parent], heap_r[pos]
+        if _worse(heap_s, heap_r, pos, parent):
+            _swap(heap_s, heap_r, pos, parent)
             pos = parent
         else:
             return
