@@ -50,7 +50,7 @@ from contracts.manifest import (
 )
 from model.foldin import FoldIn
 from model.item_foldin import ItemFoldIn, norm_fit
-from model.packing import pack_codes, unpack_codes
+from model.packing import pack_codes, packed_size, unpack_codes
 from model.quantizers import DEFAULT_CLIP
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
@@ -62,6 +62,7 @@ TMP_PREFIX = ".tmp-"
 _DIM_VECTORS = ("dim_scale", "dim_center")  # optional (d,) float16 vectors of a quantized table, one file each
 _SIDES = ("user", "item")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_CHUNK = 1 << 20  # bytes hashed, or codes unpacked, at a time when reading: bounds the reader's temporaries
 
 
 class ArtifactError(RuntimeError):
@@ -236,20 +237,23 @@ def read_artifact(version_dir: Path) -> ModelArtifact:
     missing = sorted(required - set(manifest.files))
     if missing:
         raise ArtifactError(f"{version_dir / MANIFEST_FILE} does not list required file(s) {', '.join(missing)}")
-    data = {name: _read_verified(version_dir, name, entry) for name, entry in manifest.files.items()}
+    for name, entry in manifest.files.items():  # every file checked before any is parsed
+        _verify(version_dir, name, entry)
 
     try:
-        ids = json.loads(data[IDS_FILE])
-        tables = {side: _load_table(side, getattr(layout, side), data) for side in _SIDES}
-        csr = _load_npz(data, TRAIN_FILE)
+        ids = json.loads((version_dir / IDS_FILE).read_bytes())  # no streaming JSON parser: bytes freed once parsed
+        tables = {side: _load_table(version_dir, side, getattr(layout, side)) for side in _SIDES}
+        csr = _load_npz(version_dir, TRAIN_FILE)
         train = UserItems(csr["indptr"].astype(np.int64), csr["indices"].astype(np.int64))
-        arrays = {name: _load_npy(data, f"{name}.npy") for name in layout.arrays}
+        arrays = {name: _load_npy(version_dir, f"{name}.npy") for name in layout.arrays}
         return ModelArtifact(info=manifest, user=tables["user"], item=tables["item"], user_ids=ids["users"],
                              item_ids=ids["items"], train=train, arrays=arrays)
     except ArtifactError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ArtifactError(f"artifact {version_dir} is inconsistent: {exc}") from exc
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {version_dir}: {exc}") from exc
 
 
 def read_manifest(version_dir: Path) -> Manifest:
@@ -385,44 +389,76 @@ def _npy(array: np.ndarray) -> bytes:
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _read_verified(version_dir: Path, name: str, entry: FileEntry) -> bytes:
+def _verify(version_dir: Path, name: str, entry: FileEntry) -> None:
+    """Refuse ``name`` unless its size and sha256 match the manifest, hashing it ``_CHUNK`` bytes at a time.
+
+    The arrays are then parsed from the path, a second read that the page cache serves: never a whole file's
+    bytes beside its parsed arrays. Nothing can change a file between the check and the parse: a version
+    directory is complete and immutable once renamed into place (``write_artifact``), and a retired one is
+    deleted, never rewritten.
+    """
     path = version_dir / name
+    digest, buffer = hashlib.sha256(), bytearray(_CHUNK)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != entry.bytes:
+                raise ArtifactError(f"{path} is truncated or altered: {size} bytes, expected {entry.bytes}")
+            view = memoryview(buffer)
+            while read := handle.readinto(buffer):
+                digest.update(view[:read])
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing") from None
     except OSError as exc:
         raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if len(data) != entry.bytes:
-        raise ArtifactError(f"{path} is truncated or altered: {len(data)} bytes, expected {entry.bytes}")
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
+    if digest.hexdigest() != entry.sha256:
         raise ArtifactError(f"{path} is corrupt: sha256 does not match the manifest")
-    return data
 
 
-def _load_npy(data: dict[str, bytes], name: str) -> np.ndarray:
+def _load_npy(version_dir: Path, name: str, *, mmap: bool = False) -> np.ndarray:
+    """One owned array read straight from the file (``np.fromfile`` inside ``np.load``), or a read-only memory map
+    when the caller copies what it keeps: the map closes once the caller drops it."""
     try:
-        return np.load(io.BytesIO(data[name]), allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        return np.load(version_dir / name, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{name} is not a valid .npy file: {exc}") from exc
 
 
-def _load_npz(data: dict[str, bytes], name: str) -> dict[str, np.ndarray]:
+def _load_npz(version_dir: Path, name: str) -> dict[str, np.ndarray]:
+    """Members decompressed from the file in numpy's buffer-sized pieces, one owned array each."""
     try:
-        with np.load(io.BytesIO(data[name]), allow_pickle=False) as npz:
+        with np.load(version_dir / name, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, EOFError) as exc:
         raise ArtifactError(f"{name} is not a valid .npz file: {exc}") from exc
 
 
-def _load_table(side: str, entry: TableLayout, data: dict[str, bytes]) -> EmbeddingTable:
+def _load_codes(version_dir: Path, name: str, bits: int, shape: tuple[int, int]) -> np.ndarray:
+    """Codes unpacked a slice of rows at a time into one owned ``(N, d)`` array: neither the packed file nor
+    ``unpack_codes``'s bit planes (``bits`` bytes per value) are ever whole in memory beside it."""
+    rows, dim = shape
+    path, expected = version_dir / name, packed_size(rows * dim, bits)
+    size = path.stat().st_size
+    if size != expected:
+        raise ArtifactError(f"{name} holds {size} bytes, expected {expected} for {rows}x{dim} codes of {bits} bits")
+    codes = np.empty(shape, dtype=np.uint8)
+    step = max(8, _CHUNK // max(1, dim * bits) // 8 * 8)  # 8 rows are whole bytes: each slice starts on a byte
+    with open(path, "rb") as handle:
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            packed = np.fromfile(handle, dtype=np.uint8, count=packed_size((stop - start) * dim, bits))
+            codes[start:stop] = unpack_codes(packed, bits, (stop - start, dim))
+    return codes
+
+
+def _load_table(version_dir: Path, side: str, entry: TableLayout) -> EmbeddingTable:
     shape = (entry.rows, entry.dim)
     if entry.kind == "float32":
-        table = _load_npy(data, f"{side}_embeddings.npy")
+        table = _load_npy(version_dir, f"{side}_embeddings.npy")
         if table.shape != shape:
             raise ArtifactError(f"{side}_embeddings.npy has shape {table.shape}, manifest says {shape}")
         return FloatTable(table)
-    params = _load_npy(data, f"{side}_params.npy")
+    params = _load_npy(version_dir, f"{side}_params.npy", mmap=True)  # only the two columns are kept
     segments, bits = entry.segments, entry.bits
     expected = "(rows, 2)" if segments == 1 else f"(rows, 2, {segments})"
     if params.ndim != (2 if segments == 1 else 3) or params.shape[1] != 2 \
@@ -430,13 +466,13 @@ def _load_table(side: str, entry: TableLayout, data: dict[str, bytes]) -> Embedd
         raise ArtifactError(f"{side}_params.npy must be {expected} scale, offset; got {params.shape}")
     if bits is None:
         raise ArtifactError(f"the layout of the quantized {side} table gives no bits")
-    packed = np.frombuffer(data[f"{side}_codes.bin"], dtype=np.uint8)
-    codes = unpack_codes(packed, bits, shape)
-    vectors = {name: _load_npy(data, f"{side}_{name}.npy") if getattr(entry, name) else None
+    scale, offset = np.array(params[:, 0]), np.array(params[:, 1])  # owned copies (plain ndarrays): map closed
+    del params
+    codes = _load_codes(version_dir, f"{side}_codes.bin", bits, shape)
+    vectors = {name: _load_npy(version_dir, f"{side}_{name}.npy") if getattr(entry, name) else None
                for name in _DIM_VECTORS}
     try:
-        return QuantizedTable(codes=codes, scale=params[:, 0].copy(), offset=params[:, 1].copy(), bits=bits,
-                              **vectors)
+        return QuantizedTable(codes=codes, scale=scale, offset=offset, bits=bits, **vectors)
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{side} table is inconsistent: {exc}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,41 @@ def test_truncated_file_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(ArtifactError, match="item_params.npy.*truncated"):
         read_artifact(version_dir)
+
+
+def test_files_over_many_chunks_load_exactly_and_a_flip_in_the_last_chunk_is_caught(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifact_module, "_CHUNK", 64)  # every file spans many chunks, the codes many row slices
+    original = _artifact(n_users=203, bits=3, arrays={"item_degree": np.arange(5000, dtype=np.int64)})
+    version_dir = write_artifact(tmp_path, original)  # 203 rows: the last slice of 8 is partial, its byte padded
+    loaded = read_artifact(version_dir)
+    _assert_same_table(original.user, loaded.user)
+    np.testing.assert_array_equal(loaded.arrays["item_degree"], original.arrays["item_degree"])
+    for name in ("user_codes.bin", "item_degree.npy"):
+        path = version_dir / name
+        intact = path.read_bytes()
+        path.write_bytes(intact[:-1] + bytes([intact[-1] ^ 0x01]))
+        with pytest.raises(ArtifactError, match=f"{re.escape(name)} is corrupt"):
+            read_artifact(version_dir)
+        path.write_bytes(intact)
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_reading_never_holds_a_whole_file_beside_its_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           quantized: bool) -> None:
+    """Python-heap peak (numpy's buffers included) of a read, over what the loaded artifact keeps: a whole file
+    read into bytes, or the codes' bit planes unpacked at once, would exceed a quarter of the biggest array."""
+    monkeypatch.setattr(artifact_module, "_CHUNK", 1 << 16)
+    version_dir = write_artifact(tmp_path, _artifact(n_items=4000, dim=512, bits=2, quantized=quantized))
+    tracemalloc.start()
+    try:
+        loaded = read_artifact(version_dir)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    biggest = loaded.item.codes.nbytes if quantized else loaded.item.vectors.nbytes
+    assert kept >= biggest  # the measure sees numpy's buffers
+    assert peak - kept < biggest / 4, f"peak {peak:,} B while {kept:,} B are kept (biggest array {biggest:,} B)"
 
 
 def test_deleted_file_names_the_file(tmp_path: Path) -> None:
