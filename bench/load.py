@@ -30,8 +30,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import redis
@@ -41,6 +43,7 @@ from contracts.versions import read_current
 KEY = "bench-key"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 PIDS: dict[str, int] = {}  # server url -> its process id, for CPU accounting
+LOGS: dict[str, ServerLog] = {}  # server url -> what its stderr said
 
 
 def empty_redis() -> str:
@@ -51,30 +54,58 @@ def empty_redis() -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (``/proc/<pid>/stat``): unlike latency on a shared machine,
-    the CPU a request costs does not grow with other people's load."""
+    """User + system CPU time a process and its live descendants (uvicorn's workers) have used (``/proc``):
+    unlike latency on a shared machine, the CPU a request costs does not grow with other people's load."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = []
+    with contextlib.suppress(OSError):  # a thread or child that ended meanwhile
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(map(cpu_seconds, children))
+
+
+class ServerLog:
+    """A server's stderr, read in a thread: INFO lines dropped, the rest (warnings, tracebacks) passed on.
+
+    Counted: its workers' completed startups (``/readyz`` answers once one worker is ready, and a load must not
+    begin before every worker serves) and the times the Redis breaker opened (the store failing fast: a run
+    with trips measured a degraded service)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.started = self.breaker_trips = 0
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            if "Application startup complete" in line:
+                self.started += 1
+            elif not line.startswith("INFO"):
+                self.breaker_trips += "Redis failed" in line and "failing fast" in line
+                sys.stderr.write(line)
 
 
 @contextlib.contextmanager
-def server(model_dir: Path, port: int, index: str, redis_url: str, near_cache: bool = True):
-    """``gnaq serve`` with the given index until the block ends."""
+def server(model_dir: Path, port: int, index: str, redis_url: str, near_cache: bool = True, workers: int = 1):
+    """``gnaq serve`` with the given index and ``workers`` processes, from when all are ready to the block's end."""
     env = {**os.environ, "REDIS_URL": redis_url, "GNAQ_INDEX": index, "GNAQ_API_KEYS": KEY,
            "GNAQ_RELOAD_POLL_SECONDS": "0", "GNAQ_MAX_K": "100",
            "GNAQ_NEAR_CACHE_ENTRIES": "100000" if near_cache else "0"}
-    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port),
-                                "--model-dir", str(model_dir), "--log-level", "warning"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(workers),
+                                "--model-dir", str(model_dir), "--log-level", "info"], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    log = ServerLog(process.stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        for _ in range(6000):
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if log.started >= workers and httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
+            if process.poll() is not None:
+                raise RuntimeError(f"server on port {port} exited with {process.returncode}")
             time.sleep(0.1)
         else:
             raise RuntimeError("server did not become ready")
-        PIDS[url] = process.pid
+        PIDS[url], LOGS[url] = process.pid, log
         yield url
     finally:
         process.terminate()
@@ -90,12 +121,13 @@ def write_scripts(folder: Path, users: list[str], items: list[str]) -> dict[str,
     walk = folder / "walk.lua"
     walk.write_text(f"""
 local users = {_lua_list(users)}
-local n = 0
+local n, step = 0, 1
 init = function(args)
   n = tonumber(args[1]) or 0  -- where this run starts in the user list: no two runs share users
+  step = tonumber(args[2]) or 1  -- k wrk processes at once walk every k-th user, from k starts
 end
 request = function()
-  n = n + 1
+  n = n + step
   return wrk.format("GET", "/recommend/" .. users[(n % #users) + 1] .. "?k=10")
 end
 """)
@@ -122,7 +154,8 @@ def run_wrk(url: str, connections: int, seconds: int, script: Path | None = None
         command += ["-s", str(script)]
     output = subprocess.run([*command, url, "--", *script_args], capture_output=True, text=True,
                             check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+              "requests": int(re.search(r"(\d+) requests in", output).group(1))}
     for percentile in ("50", "99"):
         value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)", output, re.M).groups()
         result[f"p{percentile}_ms"] = float(value) * _UNITS[unit]
