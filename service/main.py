@@ -69,7 +69,7 @@ def open_store(settings: Settings) -> Store:
                           retry_seconds=settings.redis_retry_seconds, codes_ttl=settings.user_state_ttl_seconds,
                           write_timeout=settings.redis_write_timeout_seconds,
                           near_ttl=settings.cache_ttl_seconds * (1 - settings.cache_ttl_jitter),
-                          near_capacity=settings.near_cache_entries)
+                          near_capacity=settings.near_cache_entries, connections=settings.redis_connections)
     return LocalStore(settings.interaction_log_path)
 
 

@@ -40,3 +40,22 @@ def test_100_concurrent_posts_are_all_kept_across_a_restart(backend, model_dir, 
             again = httpx.post(f"{url}/interactions", headers={"X-API-Key": KEY},
                                json={"user_id": user, "item_id": artifact.item_ids[0]}).json()
             assert again["users"][0]["generation"] == 11
+
+
+async def _read_concurrently(url: str, users: list[str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return await asyncio.gather(*(client.get(f"/recommend/{u}") for u in users))
+
+
+def test_more_concurrent_misses_than_redis_connections_never_trip_the_breaker(model_dir, redis_url):
+    """64 misses at once over a pool of 4: reads wait for a free connection, surplus cache writes are dropped,
+    and no store call fails (redis-py's default pool would answer "Too many connections" and open the breaker)."""
+    users = read_current(model_dir).user_ids[:64]
+    env = {"REDIS_URL": redis_url, "GNAQ_REDIS_CONNECTIONS": "4", "GNAQ_REDIS_TIMEOUT_SECONDS": "2"}
+    with serving(model_dir, env) as service:
+        replies = asyncio.run(_read_concurrently(service.url, users))
+        assert [r.status_code for r in replies] == [200] * 64
+        metrics = httpx.get(f"{service.url}/metrics").text
+    failed = [line for line in metrics.splitlines() if line.startswith("gnaq_store_unavailable_total{")
+              and "backlog" not in line and not line.endswith(" 0.0")]
+    assert failed == []

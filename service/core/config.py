@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = Field(5.0, ge=0, description="how often CURRENT is checked (0: never poll)")
     redis_timeout_seconds: float = Field(0.25, gt=0, description="per-command Redis timeout of reads")
     redis_write_timeout_seconds: float = Field(5.0, gt=0, description="Redis timeout of recording interactions")
+    redis_connections: int = Field(
+        64, ge=2, description="Redis connections per client pool of each server process; a command that finds "
+                              "all busy waits up to its timeout for one, and cache writes beyond half of them "
+                              "are skipped (the next read recomputes)")
     redis_retry_seconds: float = Field(
         0.2, ge=0, description="after a Redis failure, how often it is probed; until it answers, reads serve "
                                "uncached and writes get 503 at once (0: no breaker, every call waits for Redis)")

@@ -140,7 +140,11 @@ class Recommender:
         cached, fresh = self._bodies(model, user_id, rows, scores)
         if self.settings.cache_ttl_seconds <= 0:
             return fresh, None
-        # Off the response path: the answer does not wait for Redis.
+        # Off the response path: the answer does not wait for Redis. Past a backlog of half the Redis pool the
+        # write is dropped, so a burst of misses cannot take the connections reads need.
+        if len(self._writes) >= self.settings.redis_connections // 2:
+            self.metrics.store_errors.labels("write_cached_backlog").inc()
+            return fresh, None
         ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)
         task = asyncio.create_task(self._write_cached(user_id, model.version, k, generation, cached, ttl))
         self._writes.add(task)

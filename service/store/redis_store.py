@@ -156,14 +156,19 @@ return 1
 RETIRE_GRACE_SECONDS = 3600
 
 
-def _pool(url: str, *, timeout: float, connect_timeout: float, retries: int) -> aioredis.Redis:
-    """A client whose commands are sent again (``retries`` times, at once) when their connection drops.
+def _pool(url: str, *, timeout: float, connect_timeout: float, retries: int, connections: int) -> aioredis.Redis:
+    """A client of at most ``connections`` connections whose commands are sent again (``retries`` times, at
+    once) when their connection drops.
 
-    No ``CLIENT SETINFO`` on connect: servers before Redis 7.2 answer it with an error that a reconnect under
-    timeouts surfaced as a 500 (seen against 7.0.15)."""
-    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
-                                   retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
-                                   health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None)
+    The pool blocks: when every connection is busy a command waits up to ``timeout`` for one. redis-py's default
+    pool instead fails at once past its limit ("Too many connections"), which at 64 concurrent clients opened
+    the breaker on a healthy Redis. No ``CLIENT SETINFO`` on connect: servers before Redis 7.2 answer it with an
+    error that a reconnect under timeouts surfaced as a 500 (seen against 7.0.15)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout, health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None,
+        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)))
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisStore:
@@ -172,13 +177,15 @@ class RedisStore:
     backend = "redis"
 
     def __init__(self, url: str, *, timeout: float, retry_seconds: float, codes_ttl: int,
-                 write_timeout: float = 5.0, near_ttl: float = 60.0, near_capacity: int = 100_000) -> None:
-        self._redis = _pool(url, timeout=timeout, connect_timeout=timeout, retries=1)
+                 write_timeout: float = 5.0, near_ttl: float = 60.0, near_capacity: int = 100_000,
+                 connections: int = 64) -> None:
+        self._redis = _pool(url, timeout=timeout, connect_timeout=timeout, retries=1, connections=connections)
         # Recording may wait longer than a read. A timeout is not retried here (the answer may still come):
         # the caller reports the outcome as unknown, and the client's retry with the same key is safe.
-        self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=timeout, retries=1)
+        self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=timeout, retries=1,
+                             connections=connections)
         # The subscription must see every disconnect (messages sent meanwhile are lost): no silent retry.
-        self._events = _pool(url, timeout=timeout, connect_timeout=timeout, retries=0)
+        self._events = _pool(url, timeout=timeout, connect_timeout=timeout, retries=0, connections=connections)
         self._retry_seconds, self._codes_ttl = retry_seconds, codes_ttl
         self._near_ttl = near_ttl  # for bodies read from Redis, whose remaining TTL is not fetched
         self._breaker = Breaker(self._redis.ping, retry_seconds, _UNAVAILABLE)
