@@ -138,7 +138,8 @@ def _train(args: argparse.Namespace) -> int:
         print("fp32:  " + _metric_line(metrics.warm_start_test, config.ks) + "  (the warm start; "
               f"{metrics.test[key] / metrics.warm_start_test[key]:.3f}x of its {key})")
     if choices:
-        derived = ", ".join(f"{name} {value:.4g}" for name, value in choices.get("derived", {}).items())
+        derived = ", ".join(f"{name} {value if isinstance(value, int) else format(value, '.4g')}"
+                            for name, value in choices.get("derived", {}).items())
         variant = choices.get("gnaq_variant", {})
         chosen = ", ".join(f"{name}={value}" for name, value in variant.get("chosen", {}).items())
         print("recipe: " + "; ".join(filter(None, [derived and f"from the data: {derived}",
