@@ -183,7 +183,7 @@ class ModelArtifact:
     def item_foldin(self) -> ItemFoldIn:
         """What folding a new item in needs: user table and degrees, item table form, the trained items' norms."""
         degree = self.arrays["user_degree"]
-        fit = norm_fit(self.user.dequantize(), degree, self.train.pairs(), self.item.dequantize())
+        fit = norm_fit(self.user, degree, self.train.indptr, self.train.items, self.item)
         return ItemFoldIn(self.user, degree, self.item, fit=fit, clip=self._clip,
                           user_theta=self.arrays.get("user_theta"), layers=self.info.layers)
 

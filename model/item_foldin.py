@@ -21,27 +21,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+from scipy import sparse
 
 from model.foldin import fold_in, neighbour_theta, requantize
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 
-def norm_fit(user_vectors: np.ndarray, user_degree: np.ndarray, pairs: np.ndarray,
-             item_vectors: np.ndarray) -> np.ndarray:
-    """Median ``(x_i . f_i) / |f_i|^2`` of the trained items by ``floor(log2 |U_i|)`` (``pairs``: (user, item)); a
-    bucket with no item takes its nearest filled one's, and 1 when nothing is known."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    n_items = len(item_vectors)
-    count = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float64)
-    if not len(pairs):
+def norm_fit(user_table: EmbeddingTable, user_degree: np.ndarray, indptr: np.ndarray, items: np.ndarray,
+             item_table: EmbeddingTable, *, slice_rows: int = 1 << 16) -> np.ndarray:
+    """Median ``(x_i . f_i) / |f_i|^2`` of the trained items by ``floor(log2 |U_i|)`` (training items per user in
+    CSR form: user ``u``'s are ``items[indptr[u]:indptr[u + 1]]``); a bucket with no item takes its nearest filled
+    one's, and 1 when nothing is known.
+
+    Runs at every model load, so its memory is bounded: the graph is transposed once in CSR form (8 bytes an
+    interaction, not the 40 of sorted int64 pairs), and items are folded and decoded ``slice_rows`` at a time
+    (at a million items each whole-table temporary would be as large as a float32 item table)."""
+    n_items = item_table.n_rows
+    if not len(items):
         return np.ones(1)
-    weight = 1.0 / np.sqrt(count[pairs[:, 1]] * np.maximum(user_degree[pairs[:, 0]], 1.0))
-    adjacency = torch.sparse_coo_tensor(torch.from_numpy(pairs[:, ::-1].T.copy()),
-                                        torch.from_numpy(weight.astype(np.float32)), (n_items, len(user_vectors)),
-                                        check_invariants=False)
-    folded = torch.sparse.mm(adjacency, torch.from_numpy(np.ascontiguousarray(user_vectors, np.float32))).numpy()
-    ratio_of = (item_vectors * folded).sum(axis=1) / np.maximum((folded * folded).sum(axis=1), 1e-24)
+    count = np.bincount(items, minlength=n_items)
+    user_weight = (1.0 / np.sqrt(np.maximum(user_degree, 1.0))).astype(np.float32)
+    weight = np.repeat(user_weight, np.diff(indptr)) / np.sqrt(count[items]).astype(np.float32)
+    by_item = sparse.csr_matrix((weight, items, indptr), shape=(len(indptr) - 1, n_items)).T.tocsr()
+    del weight
+    users = np.ascontiguousarray(user_table.dequantize(), np.float32)
+    ratio_of = np.empty(n_items)
+    for start in range(0, n_items, slice_rows):
+        stop = min(start + slice_rows, n_items)
+        folded = by_item[start:stop] @ users
+        decoded = item_table.dequantize(np.arange(start, stop))
+        ratio_of[start:stop] = (decoded * folded).sum(axis=1) / np.maximum((folded * folded).sum(axis=1), 1e-24)
     keep = (count > 0) & np.isfinite(ratio_of)
     if not keep.any():
         return np.ones(1)

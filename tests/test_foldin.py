@@ -6,6 +6,7 @@ import torch
 
 from contracts.versions import read_current
 from model.foldin import FoldIn, fold_in, requantize
+from model.item_foldin import norm_fit
 from model.tables import FloatTable
 from training.datasets import load_dataset
 from training.evaluate import evaluate_ranking, pairs_to_csr
@@ -106,3 +107,18 @@ def test_a_new_item_is_folded_in_from_its_users_in_the_item_tables_form(trained)
     assert plain.item(users).row_bytes() != row.row_bytes()
     with pytest.raises(ValueError, match="user index out of range"):
         foldin.vector(np.array([len(artifact.user_ids)]))
+
+
+def test_the_norm_fit_is_the_same_whatever_the_slice_of_items():
+    """Items are folded a slice at a time (bounded memory at a million items); the ratios must not depend on it."""
+    rng = np.random.default_rng(0)
+    users, items = FloatTable(rng.normal(size=(50, 8)).astype(np.float32)), \
+        FloatTable(rng.normal(size=(37, 8)).astype(np.float32))
+    pairs = np.unique(np.stack([rng.integers(0, 50, 400), rng.integers(0, 30, 400)], axis=1), axis=0)
+    degree = np.bincount(pairs[:, 0], minlength=50).astype(np.float64)
+    indptr = np.concatenate([[0], np.cumsum(degree)]).astype(np.int64)  # pairs are sorted by user
+    whole = norm_fit(users, degree, indptr, pairs[:, 1], items)
+    assert len(whole) > 2
+    for slice_rows in (1, 5, 36):
+        np.testing.assert_array_equal(norm_fit(users, degree, indptr, pairs[:, 1], items, slice_rows=slice_rows),
+                                      whole)
