@@ -47,7 +47,7 @@ DISTILL_SCORES, DISTILL_USERS_RANGE = 10_000_000, (256, 1024)
 BASE_LR, BASE_BATCH, QAT_LR = 5e-3, 2048, 5e-3
 # Both stages halve their rate when validation stalls for two validations in a row (what Gowalla's and
 # MovieLens-1M's validation chose for fp32 in issue 5): a constant fp32 rate left Gowalla 0.01 lower on validation
-# after 120 epochs, a constant quantization-aware one MovieLens-1M's GNAQ 2-bit at 0.960x of fp32 (0.980x halved).
+# after 120 epochs; halving the quantization-aware rate raised validation on MovieLens-1M and Last.fm (docs/method.md).
 LR_PATIENCE = 1
 # GNAQ's variants chosen on validation when unset: centring, and (b) tracking node statistics with absolute
 # corrections ("tracked") or fixed statistics with mean-free corrections ("relative"). First is the default.
