@@ -1,5 +1,5 @@
 # GNAQ-Rec: two images from one file.
-#   api     (default target): `gnaq serve` with the [serve] extra only: no scipy, matplotlib, tqdm or recbole.
+#   api     (default target): `gnaq serve` with the [serve] extra only: no matplotlib, tqdm or recbole.
 #   trainer: the jobs (`gnaq train`, `gnaq retrain`, `python -m training.schedule ...`) with [train,serve] and
 #            recbole's packaged MovieLens-100K; its health check asks the nightly scheduler whether it is alive.
 # Both need torch (the service folds new users in with it); its source is a build argument whose default is the
