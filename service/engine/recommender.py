@@ -140,9 +140,9 @@ class Recommender:
         cached, fresh = self._bodies(model, user_id, rows, scores)
         if self.settings.cache_ttl_seconds <= 0:
             return fresh, None
-        # Off the response path: the answer does not wait for Redis. Past a backlog of half the Redis pool the
-        # write is dropped, so a burst of misses cannot take the connections reads need.
-        if len(self._writes) >= self.settings.redis_connections // 2:
+        # Off the response path: the answer does not wait for Redis. Past the store's backlog the write is
+        # dropped, so a burst of misses cannot take the connections reads need.
+        if self.store.write_backlog is not None and len(self._writes) >= self.store.write_backlog:
             self.metrics.store_errors.labels("write_cached_backlog").inc()
             return fresh, None
         ttl = self.settings.cache_ttl_seconds * random.uniform(1 - self.settings.cache_ttl_jitter, 1)

@@ -127,6 +127,8 @@ class Store(Protocol):
     """Storage used by the recommender; every method may raise ``StoreUnavailable``."""
 
     backend: str
+    # Background cache writes the store takes in flight before the recommender drops more (None: no bound).
+    write_backlog: int | None
 
     async def start(self) -> None:
         """Background work the store needs while the app runs (called once the event loop runs)."""

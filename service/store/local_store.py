@@ -61,6 +61,7 @@ class LocalStore:
     """``Store`` in-process (see ``service.store.base`` for the contract)."""
 
     backend = "embedded"
+    write_backlog = None  # no connections to run out of
 
     def __init__(self, path: Path, *, capacity: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

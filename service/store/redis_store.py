@@ -180,6 +180,7 @@ class RedisStore:
                  write_timeout: float = 5.0, near_ttl: float = 60.0, near_capacity: int = 100_000,
                  connections: int = 64) -> None:
         self._redis = _pool(url, timeout=timeout, connect_timeout=timeout, retries=1, connections=connections)
+        self.write_backlog = connections // 2  # cache writes share the readers' pool: half stays for reads
         # Recording may wait longer than a read. A timeout is not retried here (the answer may still come):
         # the caller reports the outcome as unknown, and the client's retry with the same key is safe.
         self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=timeout, retries=1,
