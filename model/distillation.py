@@ -3,8 +3,15 @@
 The fp32 LightGCN is the teacher: it ranks every item for every user better than any 2-bit model has
 learnt to from BPR alone, and its full ranking carries what the training pairs do not (how much the
 user would like each unseen item). The quantized student matches it listwise: for a sample of the
-batch's users, the softmax over **all** items of the student's served scores is pulled towards the
+batch's users, the softmax over the items of the student's served scores is pulled towards the
 teacher's (KL(teacher || student), Hinton et al. 2015, scaled by ``temperature**2``).
+
+Up to ``candidates`` items the softmax is over every item. A larger catalogue makes that the dearest part
+of a step (users x items scores for teacher and student: on Gowalla's 41k items, a third of a GNAQ step), so
+there each user's softmax is over the teacher's top ``candidates / 16`` items, which carry the order that
+ranking shows, plus one uniform sample of the other items shared by the step's users, each sampled item's
+logit raised by ``log(items / sample)`` so that it stands for the items it was drawn from (the sampled
+softmax's correction).
 
 Optionally the user's own training items are left out of both softmaxes (``exclude``): serving masks
 them, and with them in, much of the teacher's probability mass (40% on MovieLens-1M) sits on items whose
@@ -13,31 +20,48 @@ order is never shown.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from model.lightgcn import gather_rows
 
 _EXCLUDED = -1e9  # logit of an excluded item in both softmaxes: zero probability, zero KL contribution
+TOP_SHARE = 16  # a sampled softmax keeps the teacher's top candidates / TOP_SHARE items of each user
+_SCORING_ROWS = 1024  # users scored at a time when the teacher's top items are found
 
 
 class ListwiseDistillation:
-    """``weight * T^2 * KL(softmax(t / T) || softmax(s / T))`` over all items, averaged over users.
+    """``weight * T^2 * KL(softmax(t / T) || softmax(s / T))`` over a user's items, averaged over users.
 
     ``teacher``: the fp32 final embeddings ``(n_users + n_items, d)``, users first (fixed).
     ``users_per_step``: how many of the batch's users (taken from its front; batches are shuffled)
-    are distilled per step; the cost is ``users_per_step x n_items`` scores for teacher and student.
+    are distilled per step; the cost is ``users_per_step x min(n_items, candidates)`` scores for teacher and
+    student.
     ``exclude``: optional ``(user, item)`` pairs, ``(P, 2)``, left out of each user's softmax (the
     training items, which ranking masks).
+    ``candidates``: items in each user's softmax when the catalogue is larger (None: always every item); the
+    top items are found once, here; the sample is drawn each step from a generator seeded with ``seed``.
     """
 
     def __init__(self, teacher: Tensor, n_users: int, *, weight: float, temperature: float = 1.0,
-                 users_per_step: int = 1024, exclude: Tensor | None = None) -> None:
+                 users_per_step: int = 1024, exclude: Tensor | None = None, candidates: int | None = None,
+                 seed: int = 0) -> None:
         if weight <= 0 or temperature <= 0 or users_per_step < 1:
             raise ValueError("weight and temperature must be positive and users_per_step at least 1")
+        if candidates is not None and candidates < TOP_SHARE:
+            raise ValueError(f"candidates must be at least {TOP_SHARE}, got {candidates}")
         self.teacher, self.n_users = teacher.detach(), n_users
         self.weight, self.temperature, self.users_per_step = weight, temperature, users_per_step
         self.excluded = None if exclude is None else _rows(exclude, n_users, teacher.device)
+        self.n_items = len(teacher) - n_users
+        self.sampled = candidates is not None and self.n_items > candidates
+        if self.sampled:
+            self.sample_size = candidates - candidates // TOP_SHARE
+            self.correction = math.log(self.n_items / self.sample_size)
+            self.top_logits, self.top_items = self._teacher_top(candidates // TOP_SHARE)
+            self.generator = torch.Generator(device=teacher.device).manual_seed(seed)
 
     def _excluded_cells(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(row, item)`` index of every excluded item of ``users`` in a ``(len(users), n_items)`` score matrix."""
@@ -50,23 +74,70 @@ class ListwiseDistillation:
         within = torch.arange(len(row), device=users.device) - first
         return row, items[starts[row] + within]
 
+    def _logits(self, embeddings: Tensor, users: Tensor, items: Tensor | None = None) -> Tensor:
+        """``users`` x ``items`` (default: every item) scores over the temperature, excluded cells masked."""
+        columns = embeddings[self.n_users:] if items is None else gather_rows(embeddings, items + self.n_users)
+        logits = gather_rows(embeddings, users) @ columns.T / self.temperature
+        cells = self._excluded_cells(users)
+        if cells is None:
+            return logits
+        row, item = cells
+        if items is not None:  # excluded cells among the given columns only
+            position = torch.full((self.n_items,), -1, dtype=torch.long, device=items.device)
+            position[items] = torch.arange(len(items), device=items.device)
+            keep = position[item] >= 0
+            row, item = row[keep], position[item[keep]]
+        return logits.index_put((row, item), torch.tensor(_EXCLUDED, device=logits.device))
+
+    @torch.no_grad()
+    def _teacher_top(self, count: int) -> tuple[Tensor, Tensor]:
+        """Every user's ``count`` highest teacher logits and their items, ``(n_users, count)`` each."""
+        values, items = [], []
+        for start in range(0, self.n_users, _SCORING_ROWS):
+            users = torch.arange(start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)
+            top = torch.topk(self._logits(self.teacher, users), count, dim=1)
+            values.append(top.values)
+            items.append(top.indices)
+        return torch.cat(values), torch.cat(items)
+
+    def _sampled_log_softmax(self, embeddings: Tensor, users: Tensor, sample: Tensor, clash: Tensor,
+                             top_logits: Tensor | None = None) -> Tensor:
+        """Log-softmax over each user's top items, then the shared sample (corrected; ``clash`` masked)."""
+        if top_logits is None:  # the student's scores of the teacher's top items
+            top = self.top_items[users] + self.n_users
+            top_logits = (gather_rows(embeddings, users).unsqueeze(1) * gather_rows(embeddings, top)).sum(2)
+            top_logits = (top_logits / self.temperature).masked_fill(self.top_logits[users] <= _EXCLUDED, _EXCLUDED)
+        rest = (self._logits(embeddings, users, sample) + self.correction).masked_fill(clash, _EXCLUDED)
+        return torch.log_softmax(torch.cat([top_logits, rest], dim=1), dim=1)
+
+    def _clash(self, users: Tensor, sample: Tensor) -> Tensor:
+        """``(users, sample)`` mask of sampled items that are also among the user's top items."""
+        position = torch.full((self.n_items,), -1, dtype=torch.long, device=sample.device)
+        position[sample] = torch.arange(len(sample), device=sample.device)
+        column = position[self.top_items[users]]
+        row = torch.arange(len(users), device=users.device).unsqueeze(1).expand_as(column)
+        clash = torch.zeros(len(users), len(sample), dtype=torch.bool, device=sample.device)
+        clash[row[column >= 0], column[column >= 0]] = True
+        return clash
+
     def __call__(self, final: Tensor, users: Tensor) -> Tensor:
         """The loss term for the student's served embeddings ``final`` and the batch's ``users``."""
         chosen = users[: self.users_per_step]
-        t = self.temperature
-        cells = self._excluded_cells(chosen)  # built once, applied to both score matrices
-
-        def log_softmax(embeddings: Tensor) -> Tensor:
-            logits = gather_rows(embeddings, chosen) @ embeddings[self.n_users:].T / t
-            if cells is not None:
-                logits = logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
-            return torch.log_softmax(logits, dim=1)
-
-        with torch.no_grad():
-            target = log_softmax(self.teacher)
-        student = log_softmax(final)
+        if self.sampled:
+            sample = torch.randperm(self.n_items, generator=self.generator, device=self.generator.device)
+            sample = sample[: self.sample_size].to(final.device)
+            clash = self._clash(chosen, sample)
+            with torch.no_grad():
+                target = self._sampled_log_softmax(self.teacher, chosen, sample, clash, self.top_logits[chosen])
+            student = self._sampled_log_softmax(final, chosen, sample, clash)
+        else:
+            with torch.no_grad():
+                target = torch.log_softmax(self._logits(self.teacher, chosen), dim=1)
+            student = torch.log_softmax(self._logits(final, chosen), dim=1)
         kl = (target.exp() * (target - student)).sum(dim=1).mean()
+        t = self.temperature
         return self.weight * t * t * kl
+
 
 def _rows(pairs: Tensor, n_users: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(indptr, items)``: the pairs grouped by user, CSR-style, for gathering a batch's items."""

@@ -66,6 +66,51 @@ def test_excluded_items_leave_both_softmaxes():
 def test_bad_settings_are_rejected(kwargs):
     with pytest.raises(ValueError, match="positive"):
         ListwiseDistillation(TEACHER, n_users=2, **kwargs)
+    with pytest.raises(ValueError, match="candidates must be at least 16"):
+        ListwiseDistillation(TEACHER, n_users=2, weight=1.0, candidates=8)
+
+
+def _catalogue(n_users: int = 40, n_items: int = 600, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A teacher, a student near it, and some training pairs to exclude."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(n_users + n_items, dim, generator=generator)
+    student = teacher + 0.5 * torch.randn(n_users + n_items, dim, generator=generator)
+    pairs = torch.stack([torch.randint(0, n_users, (400,), generator=generator),
+                         torch.randint(0, n_items, (400,), generator=generator)], dim=1).unique(dim=0)
+    return teacher, student, pairs
+
+
+def test_a_catalogue_within_the_candidates_is_distilled_exactly():
+    teacher, student, pairs = _catalogue()
+    users = torch.arange(40)
+    exact = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs)(student, users)
+    within = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=600)
+    assert not within.sampled and torch.equal(within(student, users), exact)
+
+
+def test_the_sampled_softmax_estimates_the_exact_loss_and_is_deterministic_for_a_seed():
+    teacher, student, pairs = _catalogue()
+    users = torch.arange(40)
+    exact = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs)(student, users).item()
+    sampled = [ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=160, seed=seed)
+               for seed in (0, 0, 1)]
+    assert sampled[0].sampled and sampled[0].top_items.shape == (40, 10)
+    first, again, other = (s(student, users).item() for s in sampled)
+    assert first == again and first != other
+    estimates = [sampled[2](student, users).item() for _ in range(200)]
+    assert sum(estimates) / len(estimates) == pytest.approx(exact, rel=0.1)
+    assert sampled[0](teacher.clone(), users).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_sampled_softmax_leaves_out_excluded_items_and_keeps_the_teachers_top():
+    teacher, student, pairs = _catalogue()
+    distil = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=160)
+    scores = teacher[:40] @ teacher[40:].T
+    scores[pairs[:, 0], pairs[:, 1]] = float("-inf")
+    assert torch.equal(distil.top_items, scores.topk(10, dim=1).indices)  # never an excluded item
+    student.requires_grad_(True)
+    distil(student, torch.arange(40)).backward()
+    assert student.grad[40:].abs().sum(1).gt(0).sum() > 100  # sampled items get a gradient too
 
 
 def test_gnaq_distils_by_default_and_the_baselines_only_when_asked():
@@ -79,7 +124,8 @@ def test_a_distilled_run_records_its_weight_and_keeps_its_best_validated_state(t
     assert main(["train", *FAST, "--method", "lsq", "--bits", "2", "--distill", "1", "--distill-users", "64",
                  "--model-dir", str(tmp_path), "--version", "v1"]) == 0
     manifest = json.loads((tmp_path / "v1" / "manifest.json").read_text())
-    assert manifest["config"]["distill"] == {"weight": 1.0, "temperature": 1.0, "users": 64, "unseen": False}
+    assert manifest["config"]["distill"] == {"weight": 1.0, "temperature": 1.0, "users": 64, "unseen": False,
+                                          "candidates": 8192}
     history = json.loads((tmp_path / "v1" / "history.json").read_text())
     qat = [r for r in history if r["stage"] == "lsq-2bit" and r["valid"]]
     assert manifest["metrics"]["valid"]["recall@20"] == pytest.approx(max(r["valid"]["recall@20"] for r in qat))

@@ -44,6 +44,10 @@ GNAQ_DISTILL = 1.0
 # items: 256, as its timing chose).
 STEPS_PER_EPOCH, BATCH_RANGE = 48, (2048, 16384)
 DISTILL_SCORES, DISTILL_USERS_RANGE = 10_000_000, (256, 1024)
+# Beyond this many items a user's distilled softmax is over the teacher's top items plus a sample of the rest
+# (model/distillation.py): the three smaller benchmark catalogues (up to 4.5k items) keep the exact softmax,
+# Gowalla's 41k items cost a fifth of the exact one's scores (docs/method.md).
+DISTILL_CANDIDATES = 8192
 BASE_LR, BASE_BATCH, QAT_LR = 5e-3, 2048, 5e-3
 # Both stages halve their rate when validation stalls for two validations in a row (what Gowalla's and
 # MovieLens-1M's validation chose for fp32 in issue 5): a constant fp32 rate left Gowalla 0.01 lower on validation
@@ -166,9 +170,13 @@ class DistillConfig(Section):
                                  "otherwise)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature",
                                json_schema_extra=_ADVANCED)
-    users: int | None = Field(None, ge=1, description="users per step distilled over all items (unset: about "
-                              "1e7 / items, 256 to 1024)",
-                       json_schema_extra=_ADVANCED)
+    users: int | None = Field(None, ge=1, description="users per step distilled (unset: about 1e7 / items, 256 "
+                              "to 1024)",
+                              json_schema_extra=_ADVANCED)
+    candidates: int = Field(DISTILL_CANDIDATES, ge=16, description="items in each distilled softmax: every item "
+                            "of a catalogue up to this size; of a larger one, the teacher's top 1/16 of this number "
+                            "plus a uniform sample of the rest",
+                            json_schema_extra=_ADVANCED)
     unseen: bool = Field(False, description="distil each user's ranking of the items outside their training "
                          "pairs only",
                          json_schema_extra=_ADVANCED)

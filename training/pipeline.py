@@ -287,7 +287,8 @@ def _quantization_aware(ws: Workspace, model: LightGCN, c: TrainConfig, stage: s
             distillation = ListwiseDistillation(
                 model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
                 temperature=c.distill.temperature, users_per_step=-(-c.distill.users // ws.cluster.world_size),
-                exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None)
+                exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None,
+                candidates=c.distill.candidates, seed=c.seed + 2)
     model.quantizer = quantizer
     order, negatives = _rngs(ws, c.seed + 1)
     return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
