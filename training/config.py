@@ -173,9 +173,9 @@ class DistillConfig(Section):
     users: int | None = Field(None, ge=1, description="users per step distilled (unset: about 1e7 / items, 256 "
                               "to 1024)",
                               json_schema_extra=_ADVANCED)
-    candidates: int = Field(DISTILL_CANDIDATES, ge=16, description="items in each distilled softmax: every item "
-                            "of a catalogue up to this size; of a larger one, the teacher's top 1/16 of this number "
-                            "plus a uniform sample of the rest",
+    candidates: int = Field(DISTILL_CANDIDATES, ge=2, description="items in each distilled softmax: every item "
+                            "of a catalogue up to this size; of a larger one, the teacher's top 64 and a uniform "
+                            "sample of the rest",
                             json_schema_extra=_ADVANCED)
     unseen: bool = Field(False, description="distil each user's ranking of the items outside their training "
                          "pairs only",
