@@ -181,7 +181,7 @@ def _markdown(dataset: str, report: dict) -> str:
                      "for it. Where a stage has a wall-time budget, a kept row's fp32 warm start may have run a "
                      "different number of epochs than the fp32 row above (see its epochs column).")
     if report["not_run"]:
-        lines.append(f"* Not run (time budget): {', '.join(report['not_run'])}.")
+        lines.append(f"* Not run (left out by `--rows`, or the time budget ran out): {', '.join(report['not_run'])}.")
     lines += ["", f"![Recall@20 against bits, {title}](bench/plots/{dataset}-bits.png)",
               f"![Validation Recall@20 against training time, {title}](bench/plots/{dataset}-curves.png)"]
     return "\n".join(lines)

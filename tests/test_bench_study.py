@@ -41,7 +41,7 @@ def test_report_reads_the_rows_back_and_replaces_its_own_section(tmp_path):
     text = (out / "BENCHMARKS.md").read_text()
     assert text.startswith("# Benchmarks\n\nhand-written text\n")
     assert text.count("<!-- study:ml-100k -->") == 1 and text.count("| gnaq-2bit | 2 |") == 1
-    assert "Not run (time budget): seed 0 n2uq-2bit." in text
+    assert "Not run (left out by `--rows`, or the time budget ran out): seed 0 n2uq-2bit." in text
     for plot in ("ml-100k-bits.png", "ml-100k-curves.png"):
         assert (out / "bench" / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     assert report["time_to_same_accuracy"][0]["seconds"].keys() == {"gnaq-2bit", "lsq-2bit"}
