@@ -21,7 +21,8 @@ async def _post_concurrently(url, bodies):
 def test_100_concurrent_posts_are_all_kept_across_a_restart(backend, model_dir, tmp_path, request):
     artifact = read_current(model_dir)
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
-    env = {"REDIS_URL": redis_url, "GNAQ_STATE_DIR": str(tmp_path / "state")}  # no REDIS_URL: embedded store
+    env = {"REDIS_URL": redis_url, "GNAQ_STATE_DIR": str(tmp_path / "state"),  # no REDIS_URL: embedded store
+           "GNAQ_REDIS_TIMEOUT_SECONDS": "2"}  # durability is the point here, not latency on a loaded machine
     users = [f"u{n}" for n in range(10)]  # new users, 10 posts each, one item per post
     bodies = [{"user_id": u, "item_id": artifact.item_ids[10 * n + j]} for n, u in enumerate(users) for j in range(10)]
     with serving(model_dir, env) as service:

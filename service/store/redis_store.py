@@ -181,10 +181,12 @@ class RedisStore:
                  connections: int = 64) -> None:
         self._redis = _pool(url, timeout=timeout, connect_timeout=timeout, retries=1, connections=connections)
         self.write_backlog = connections // 2  # cache writes share the readers' pool: half stays for reads
-        # Recording may wait longer than a read. A timeout is not retried here (the answer may still come):
-        # the caller reports the outcome as unknown, and the client's retry with the same key is safe.
-        self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=timeout, retries=1,
-                             connections=connections)
+        # Recording may wait longer than a read, connecting included (a burst of posts opens many connections
+        # at once, and on a loaded machine 0.25 s did not always suffice). A timeout is not retried here (the
+        # answer may still come): the caller reports the outcome as unknown, and the client's retry with the
+        # same key is safe.
+        self._writer = _pool(url, timeout=max(timeout, write_timeout), connect_timeout=max(timeout, write_timeout),
+                             retries=1, connections=connections)
         # The subscription must see every disconnect (messages sent meanwhile are lost): no silent retry.
         self._events = _pool(url, timeout=timeout, connect_timeout=timeout, retries=0, connections=connections)
         self._retry_seconds, self._codes_ttl = retry_seconds, codes_ttl
