@@ -77,20 +77,13 @@ class ListwiseDistillation:
         within = torch.arange(len(row), device=users.device) - first
         return row, items[starts[row] + within]
 
-    def _logits(self, embeddings: Tensor, users: Tensor, items: Tensor | None = None) -> Tensor:
-        """``users`` x ``items`` (default: every item) scores over the temperature, excluded cells masked."""
-        columns = embeddings[self.n_users:] if items is None else gather_rows(embeddings, items + self.n_users)
-        logits = gather_rows(embeddings, users) @ columns.T / self.temperature
+    def _logits(self, embeddings: Tensor, users: Tensor) -> Tensor:
+        """``users`` x every item scores over the temperature, excluded cells masked."""
+        logits = gather_rows(embeddings, users) @ embeddings[self.n_users:].T / self.temperature
         cells = self._excluded_cells(users)
         if cells is None:
             return logits
-        row, item = cells
-        if items is not None:  # excluded cells among the given columns only
-            position = torch.full((self.n_items,), -1, dtype=torch.long, device=items.device)
-            position[items] = torch.arange(len(items), device=items.device)
-            keep = position[item] >= 0
-            row, item = row[keep], position[item[keep]]
-        return logits.index_put((row, item), torch.tensor(_EXCLUDED, device=logits.device))
+        return logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
 
     @torch.no_grad()
     def _teacher_top(self) -> tuple[Tensor, Tensor]:
@@ -105,28 +98,35 @@ class ListwiseDistillation:
             excluded.append(top.values <= _EXCLUDED)
         return torch.cat(items), torch.cat(excluded)
 
-    def _clash(self, top_items: Tensor, sample: Tensor) -> Tensor:
-        """``(users, sample)`` mask of sampled items that are also among the user's top items."""
+    def _sample_masked(self, users: Tensor, top_items: Tensor, sample: Tensor) -> Tensor:
+        """``(users, sample)`` mask of the sampled items left out of each user's softmax: those among the user's
+        top items (already in it) and the excluded ones. Built once a step, for teacher and student alike."""
         position = torch.full((self.n_items,), -1, dtype=torch.long, device=sample.device)
         position[sample] = torch.arange(len(sample), device=sample.device)
-        column = position[top_items]
-        row = torch.arange(len(top_items), device=sample.device).unsqueeze(1).expand_as(column)
-        clash = torch.zeros(len(top_items), len(sample), dtype=torch.bool, device=sample.device)
-        clash[row[column >= 0], column[column >= 0]] = True
-        return clash
+        rows = torch.arange(len(users), device=sample.device).unsqueeze(1).expand_as(top_items).reshape(-1)
+        items = top_items.reshape(-1)
+        cells = self._excluded_cells(users)
+        if cells is not None:
+            rows, items = torch.cat([rows, cells[0]]), torch.cat([items, cells[1]])
+        column = position[items]
+        masked = torch.zeros(len(users), len(sample), dtype=torch.bool, device=sample.device)
+        masked[rows[column >= 0], column[column >= 0]] = True
+        return masked
 
     def _sampled(self, final: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
         """(teacher, student) log-softmax over each user's teacher top items, then the step's sample."""
         sample = torch.randperm(self.n_items, generator=self.generator, device=self.generator.device)
         sample = sample[: self.sample_size].to(final.device)
         top_items = self.top_items[users].long()
-        clash = self._clash(top_items, sample)
+        masked = self._sample_masked(users, top_items, sample)
         excluded = self.top_excluded[users]
 
         def log_softmax(embeddings: Tensor) -> Tensor:
-            top = (gather_rows(embeddings, users).unsqueeze(1) * gather_rows(embeddings, top_items + self.n_users))
-            top = (top.sum(2) / self.temperature).masked_fill(excluded, _EXCLUDED)
-            rest = (self._logits(embeddings, users, sample) + self.correction).masked_fill(clash, _EXCLUDED)
+            user = gather_rows(embeddings, users)
+            top = (user.unsqueeze(1) * gather_rows(embeddings, top_items + self.n_users)).sum(2)
+            rest = user @ gather_rows(embeddings, sample + self.n_users).T
+            top = (top / self.temperature).masked_fill(excluded, _EXCLUDED)
+            rest = (rest / self.temperature + self.correction).masked_fill(masked, _EXCLUDED)
             return torch.log_softmax(torch.cat([top, rest], dim=1), dim=1)
 
         with torch.no_grad():
