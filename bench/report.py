@@ -62,7 +62,8 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "run_seconds": training.seconds, "train_seconds_by_stage": _stage_seconds(history),
         "epochs_by_stage": training.epochs_run, "selected_epoch": training.selected_epoch,
         "device": training.device, "torch": training.torch,
-        "valid_curve": _valid_curve(history, stage),
+        "race_seconds": race_seconds(manifest.training.choices),
+        "valid_curve": _valid_curve(history, stage, start=race_seconds(manifest.training.choices)),
         "config": as_requested(TrainConfig.from_manifest(manifest).model_dump(mode="json"),
                                manifest.training.choices),
     }
@@ -74,9 +75,19 @@ def _cell(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _valid_curve(history: list[dict], stage_prefix: str) -> list[list[float]]:
-    """(cumulative training seconds, validation Recall@20) of the stage whose name starts with the prefix."""
-    seconds, points = 0.0, [[], []]  # lists, as they read back from the JSON
+def race_seconds(choices: dict) -> float:
+    """Training seconds of the GNAQ variant race's losers: what choosing the variant cost beyond the winner's own
+    epochs (0 without a race, or for a manifest that did not record them)."""
+    variant = choices.get("gnaq_variant", {})
+    trials, chosen = variant.get("trials", []), variant.get("chosen", {})
+    won = next((t for t in trials if all(t[key] == value for key, value in chosen.items())), {})
+    return sum(t.get("seconds", 0.0) for t in trials) - won.get("seconds", 0.0)
+
+
+def _valid_curve(history: list[dict], stage_prefix: str, start: float = 0.0) -> list[list[float]]:
+    """(cumulative training seconds from ``start``, validation Recall@20) of the stage whose name starts with the
+    prefix."""
+    seconds, points = start, [[], []]  # lists, as they read back from the JSON
     for record in history:
         if not record["stage"].startswith(stage_prefix):
             continue
@@ -155,7 +166,8 @@ def _markdown(dataset: str, report: dict) -> str:
              "Each row's full `gnaq train` command is in the JSON. Stored bytes per node: the served tables "
              "(codes, float16 parameters) over all users and items; served bytes per item: what the codes "
              "index holds per item. Training seconds exclude validation; the fp32 stage is shared by every "
-             "quantized row, so quantized rows show only their own stage. Epochs: fp32 + quantization-aware.",
+             "quantized row, so quantized rows show only their own stage (GNAQ's with its variant race's losing "
+             "epochs, which also shift its validation curve). Epochs: fp32 + quantization-aware.",
              "",
              "| row | bits | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | R@20 / fp32 | stored B/node "
              "| served B/item | training s | epochs |",
@@ -167,6 +179,7 @@ def _markdown(dataset: str, report: dict) -> str:
         ratio = _cell([r["test"]["recall@20"] / fp32[r["seed"]] for r in found if r["seed"] in fp32], 3) \
             if fp32 else "n/a"
         own = [s for stage, s in first["train_seconds_by_stage"].items() if stage != "fp32" or version == "fp32"]
+        own.append(first.get("race_seconds", 0.0))
         stages = sorted(first["epochs_by_stage"], key=lambda stage: stage != "fp32")  # fp32 first
         epochs = " + ".join(str(first["epochs_by_stage"][stage]) for stage in stages)
         name = f"{version} †" if any(r.get("kept") for r in found) else version

@@ -20,6 +20,7 @@ order is never shown.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -64,7 +65,19 @@ class ListwiseDistillation:
             self.sample_size = candidates - self.top_count
             self.correction = math.log(self.n_items / self.sample_size)
             self.top_items, self.top_excluded = self._teacher_top()
-            self.generator = torch.Generator(device=teacher.device).manual_seed(seed)
+        self.seed = seed
+        self._reseed()
+
+    def _reseed(self) -> None:
+        if self.sampled:
+            self.generator = torch.Generator(device=self.teacher.device).manual_seed(self.seed)
+
+    def restarted(self) -> ListwiseDistillation:
+        """A copy that shares the teacher and its top items, its sample sequence back at the seed: what a new
+        instance would be, without finding every user's top items again (7 s on Gowalla)."""
+        fresh = copy.copy(self)
+        fresh._reseed()
+        return fresh
 
     def _excluded_cells(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(row, item)`` index of every excluded item of ``users`` in a ``(len(users), n_items)`` score matrix."""

@@ -11,7 +11,7 @@ from cli.main import config_of, main
 from tests.conftest import FAST, flat_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from report import _still_valid, write_report  # noqa: E402
+from report import _still_valid, race_seconds, write_report  # noqa: E402
 from study import ROWS, row_command, run_rows  # noqa: E402
 from study import main as study_main
 
@@ -127,3 +127,11 @@ def test_only_the_named_rows_are_trained(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study_main(["ml-100k", "--rows", "gnaq-3bit"])
     assert "unknown rows: gnaq-3bit" in capsys.readouterr().err
+
+
+def test_the_race_costs_its_losers_seconds_and_nothing_without_a_race():
+    trials = [{"center": False, "recall@20": 0.30, "epochs": 1, "seconds": 5.0},
+              {"center": True, "recall@20": 0.32, "epochs": 3, "seconds": 14.0}]
+    assert race_seconds({"gnaq_variant": {"chosen": {"center": True}, "trials": trials}}) == 5.0
+    assert race_seconds({"gnaq_variant": {"chosen": {}, "trials": []}}) == 0.0
+    assert race_seconds({}) == 0.0

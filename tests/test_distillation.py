@@ -102,6 +102,17 @@ def test_the_sampled_softmax_estimates_the_exact_loss_and_is_deterministic_for_a
     assert sampled[0](teacher.clone(), users).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_restarted_copy_shares_the_top_items_and_replays_the_sample_sequence():
+    teacher, student, pairs = _catalogue()
+    users = torch.arange(40)
+    original = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=160, seed=3)
+    first = [original(student, users).item() for _ in range(3)]
+    restarted = original.restarted()
+    assert restarted.top_items is original.top_items  # found once, not again
+    assert [restarted(student, users).item() for _ in range(3)] == first
+    assert original(student, users).item() != first[0]  # the original's sequence went on
+
+
 def test_the_sampled_softmax_leaves_out_excluded_items_and_reaches_sampled_ones():
     teacher, student, pairs = _catalogue()
     users = torch.arange(40)

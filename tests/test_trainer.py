@@ -1,6 +1,9 @@
 """The training loop's rules: BPR with several negatives, wall-time budget, learning-rate halving on a plateau,
 early stopping, weight averaging."""
 
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,7 @@ from model.graph import normalized_adjacency
 from model.lightgcn import LightGCN
 from tests.conftest import FAST
 from training.sampling import NegativeSampler
-from training.trainer import FitSettings, WeightAverage, _parameter_groups, fit
+from training.trainer import FitSettings, StageRun, WeightAverage, _parameter_groups, fit
 
 N_USERS, N_ITEMS = 30, 40
 
@@ -134,6 +137,28 @@ def test_a_seeded_run_is_reproducible_on_several_threads(tmp_path):
     assert torch.equal(*(state["embedding.weight"] for state in warm_starts))  # bit for bit, not only close
     first, second = (read_current(tmp_path / run / "v") for run in ("a", "b"))
     assert first.manifest.metrics == second.manifest.metrics
-    assert first.manifest.training.choices == second.manifest.training.choices  # the variant chosen alike
+    first_choices, second_choices = (json.loads(json.dumps(m.manifest.training.choices)) for m in (first, second))
+    for choices in (first_choices, second_choices):
+        for trial in choices["gnaq_variant"]["trials"]:
+            assert trial.pop("seconds") > 0  # the race's cost, measured
+    assert first_choices == second_choices  # the variant chosen alike, on the same scores
     np.testing.assert_array_equal(first.item.codes, second.item.codes)
     np.testing.assert_array_equal(first.user.scale, second.user.scale)
+
+
+def test_a_stage_advanced_in_rounds_ends_where_one_run_to_the_end_does(problem):
+    """What lets the race's winner train on: stopping between epochs changes nothing."""
+    model, adjacency, pairs, sampler, rng = problem
+    settings = FitSettings(epochs=5, batch_size=64, eval_every=1, lr_patience=1)
+    start = copy.deepcopy(model.state_dict())
+    ends = []
+    for rounds in ([5], [1, 2, 2]):
+        model.load_state_dict(start)
+        order = np.random.default_rng(1)
+        run = StageRun(model, adjacency, pairs, NegativeSampler(pairs, N_ITEMS, order), lambda: {"recall@20": 0.1},
+                       settings, stage="fp32", rng=order, progress=False)
+        assert [run.advance(n) for n in rounds][-1] and run.epochs == 5
+        run.advance(3)  # an ended stage trains no further
+        history = run.finish()
+        ends.append((model.embedding.weight.detach().clone(), [r.loss for r in history], [r.lr for r in history]))
+    assert torch.equal(ends[0][0], ends[1][0]) and ends[0][1:] == ends[1][1:]

@@ -158,8 +158,8 @@ class GNAQConfig(Section):
     refine_epochs: int | None = Field(None, ge=1, description="(b): refine the grids for this many epochs, then "
                                       "freeze them (unset: throughout)",
                                       json_schema_extra=_ADVANCED)
-    select_epochs: int = Field(3, ge=1, description="quantization-aware epochs of each candidate when choosing "
-                               "the unset variants on validation",
+    select_epochs: int = Field(3, ge=1, description="quantization-aware epochs of the last two candidates when "
+                               "the unset variants are raced on validation",
                                json_schema_extra=_ADVANCED)
 
 

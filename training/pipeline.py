@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from training.interactions import Interactions, reindex
 from training.plots import training_curve_png
 from training.sampling import NegativeSampler
 from training.splits import validation_split, without_pairs
-from training.trainer import EpochRecord, FitSettings, fit
+from training.trainer import EpochRecord, FitSettings, StageRun, fit
 
 log = logging.getLogger(__name__)
 WARM_START_DIR = ".cache"  # <model dir>/.cache: fp32 warm starts, pruned with the versions (training.warm_starts)
@@ -221,53 +222,92 @@ def _baseline_quantizer(ws: Workspace, model: LightGCN) -> EmbeddingQuantizer:
 
 
 def quantize(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
-    """Attach the method's quantizer to the trained fp32 ``model`` (and run its QAT stage).
+    """Attach the method's quantizer to the trained fp32 ``model`` and run its quantization-aware stage.
 
-    GNAQ variants left unset are first chosen on validation (``choose_gnaq_variant``); ``ws.config`` then
-    holds the choice, and the stage's wall-time budget what the choice left of it.
+    GNAQ variants left unset are raced on validation (``race_gnaq_variants``), whose winner goes on training;
+    ``ws.config`` then holds the choice.
     """
-    if ws.config.method == "gnaq" and None in (ws.config.gnaq.center, ws.config.gnaq.track_stats,
-                                               ws.config.gnaq.relative_refinement):
-        choose_gnaq_variant(ws, model)
-    return _quantization_aware(ws, model, ws.config)
+    c = ws.config
+    if c.method == "gnaq" and None in (c.gnaq.center, c.gnaq.track_stats, c.gnaq.relative_refinement):
+        return race_gnaq_variants(ws, model)
+    run = _start_stage(ws, model, c, _distillation(ws, model, c))
+    if run is None:
+        return []
+    run.advance(c.qat.epochs)
+    return run.finish()
 
 
-def choose_gnaq_variant(ws: Workspace, model: LightGCN) -> None:
-    """Try each candidate variant for ``[gnaq] select_epochs`` from the same warm start; keep the best on
-    validation (the first candidate, the default variant, on ties). Trials share a quarter of the stage's
-    wall-time budget; the rest is left to the chosen run."""
+def race_gnaq_variants(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
+    """Choose the unset GNAQ variants on validation by successive halving, and let the winner train on.
+
+    Every candidate starts from the same warm start with the same seeds, so its run is the one it would have alone.
+    Round by round the better half on validation (best score so far; the earlier candidate, the default variant
+    first, on ties) trains on, until the last two have trained ``[gnaq] select_epochs`` epochs; the winner then
+    goes on to the end of the stage, its race epochs kept. The race shares the stage's wall-time budget and stops
+    early once it has spent a quarter of it. Leaves ``model`` at the winner's best validation state.
+    """
     c = ws.config
     candidates = c.gnaq_candidates()
-    chosen, trials = candidates[0], []
+    started = time.perf_counter()
+    teacher = _distillation(ws, model, c)
+    runs = []
+    for candidate in candidates:
+        config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=candidate)})
+        runs.append(_start_stage(ws, copy.deepcopy(model) if len(candidates) > 1 else model, config,
+                                 teacher and teacher.restarted(), started=started))
+    alive = list(range(len(candidates)))
+    for target in _race_rounds(len(candidates), min(c.gnaq.select_epochs, c.qat.epochs)):
+        for i in alive:
+            runs[i].advance(target - runs[i].epochs)
+        alive = sorted(alive, key=lambda i: -runs[i].best_score)[: -(-len(alive) // 2)]
+        (spent,) = ws.cluster.decide(time.perf_counter() - started)  # rank 0's clock, as in the stage
+        if c.qat.minutes is not None and spent >= 60 * c.qat.minutes / 4:
+            alive = alive[:1]
+    winner = runs[alive[0]]
+    trials = [{**candidate, c.selection_metric: run.best_score, "epochs": run.epochs,
+               "seconds": round(sum(r.seconds for r in run.history), 2)}
+              for candidate, run in zip(candidates, runs, strict=True)]
     if len(candidates) > 1:
-        warm, started = copy.deepcopy(model.state_dict()), time.perf_counter()
-        minutes = None if c.qat.minutes is None else c.qat.minutes / 4 / len(candidates)
-        trial_stage = c.qat.model_copy(update={"epochs": min(c.gnaq.select_epochs, c.qat.epochs), "minutes": minutes})
-        for candidate in candidates:
-            config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=candidate), "qat": trial_stage})
-            history = _quantization_aware(ws, model, config, stage="select")
-            scores = [r.valid[c.selection_metric] for r in history if r.valid]  # validated on rank 0 only
-            (score,) = ws.cluster.decide(max(scores) if ws.cluster.is_main else 0.0)
-            trials.append({**candidate, c.selection_metric: score})
-            model.quantizer = None
-            model.load_state_dict(warm)
-        best = max(t[c.selection_metric] for t in trials)
-        chosen = candidates[next(i for i, t in enumerate(trials) if t[c.selection_metric] == best)]
-        (spent,) = ws.cluster.decide((time.perf_counter() - started) / 60)  # rank 0's clock, as in ``fit``
-        if c.qat.minutes is not None:
-            c = c.model_copy(update={"qat": c.qat.model_copy(update={"minutes": max(c.qat.minutes - spent, 0.01)})})
-        log.info("GNAQ variant chosen on validation: %s (%s)", chosen, trials)
+        log.info("GNAQ variant chosen on validation: %s (%s)", candidates[alive[0]], trials)
+    chosen = candidates[alive[0]]
     unset = [key for key in chosen if getattr(c.gnaq, key) is None]
     ws.config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=chosen)})
-    ws.choices["gnaq_variant"] = {"chosen": {key: chosen[key] for key in unset}, "trials": trials}
+    ws.choices["gnaq_variant"] = {"chosen": {key: chosen[key] for key in unset},
+                                  "trials": trials if len(candidates) > 1 else []}
+    winner.advance(c.qat.epochs - winner.epochs)
+    history = winner.finish()
+    if winner.model is not model:
+        model.quantizer = winner.model.quantizer
+        model.load_state_dict(winner.model.state_dict())
+    return history
 
 
-def _quantization_aware(ws: Workspace, model: LightGCN, c: TrainConfig, stage: str | None = None) -> list[EpochRecord]:
-    """Attach ``c``'s quantizer to the fp32 ``model`` and run its quantization-aware stage (none for PTQ)."""
+def _race_rounds(candidates: int, epochs: int) -> list[int]:
+    """Epochs the survivors of each round have trained when it ends: halving ``candidates`` to one, the last
+    round at ``epochs`` and each earlier one at half the next (at least 1). Four candidates, 3 epochs: [1, 3]."""
+    rounds = max(1, math.ceil(math.log2(candidates))) if candidates > 1 else 0
+    return [max(1, epochs >> (rounds - 1 - r)) for r in range(rounds)]
+
+
+def _distillation(ws: Workspace, model: LightGCN, c: TrainConfig) -> ListwiseDistillation | None:
+    """The distillation term of ``c``'s stage, its teacher the fp32 ``model`` as it is before any quantizer."""
+    if c.method == "ptq" or c.distill_weight <= 0:
+        return None
+    with torch.no_grad():  # with several ranks each distils its share of the users of a step
+        return ListwiseDistillation(
+            model.propagate(ws.adjacency), ws.data.n_users, weight=c.distill_weight,
+            temperature=c.distill.temperature, users_per_step=-(-c.distill.users // ws.cluster.world_size),
+            exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None,
+            candidates=c.distill.candidates, seed=c.seed + 2)
+
+
+def _start_stage(ws: Workspace, model: LightGCN, c: TrainConfig, distillation: ListwiseDistillation | None, *,
+                 started: float | None = None) -> StageRun | None:
+    """Attach ``c``'s quantizer to the fp32 ``model`` and start its quantization-aware stage (none for PTQ)."""
     data = ws.data
     if c.method == "ptq":
         model.quantizer = UniformQuantizer(c.bits, data.n_users, per_node=c.ptq.granularity == "node")
-        return []
+        return None
     if c.method == "gnaq":
         g = c.gnaq
         quantizer = GNAQQuantizer(
@@ -281,27 +321,19 @@ def _quantization_aware(ws: Workspace, model: LightGCN, c: TrainConfig, stage: s
             quantizer.initialize(model.propagate(ws.adjacency))
     else:
         quantizer = _baseline_quantizer(ws, model)
-    distillation = None
-    if c.distill_weight > 0:  # the teacher: the fp32 model as it is before its quantizer is attached
-        with torch.no_grad():  # with several ranks each distils its share of the users of a step
-            distillation = ListwiseDistillation(
-                model.propagate(ws.adjacency), data.n_users, weight=c.distill_weight,
-                temperature=c.distill.temperature, users_per_step=-(-c.distill.users // ws.cluster.world_size),
-                exclude=torch.from_numpy(ws.fit_pairs) if c.distill.unseen else None,
-                candidates=c.distill.candidates, seed=c.seed + 2)
     model.quantizer = quantizer
     order, negatives = _rngs(ws, c.seed + 1)
-    return fit(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
-               _validator(ws, model), _settings(c, c.qat), stage=stage or f"{c.method}-{c.bits}bit", rng=order,
-               progress=c.progress and ws.cluster.is_main, extra_loss=distillation,
-               lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
-               if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
-               after_epoch=_refinement_schedule(ws, model), cluster=ws.cluster)
+    return StageRun(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
+                    _validator(ws, model), _settings(c, c.qat), stage=f"{c.method}-{c.bits}bit", rng=order,
+                    progress=c.progress and ws.cluster.is_main, extra_loss=distillation,
+                    lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
+                    if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
+                    after_epoch=_refinement_schedule(ws, model, c), cluster=ws.cluster, started=started)
 
 
-def _refinement_schedule(ws: Workspace, model: LightGCN) -> Callable[[int], None] | None:
+def _refinement_schedule(ws: Workspace, model: LightGCN, c: TrainConfig) -> Callable[[int], None] | None:
     """``--refine-epochs E``: the hook that freezes GNAQ's grids after quantization-aware epoch E."""
-    quantizer, epochs = model.quantizer, ws.config.gnaq.refine_epochs
+    quantizer, epochs = model.quantizer, c.gnaq.refine_epochs
     if not isinstance(quantizer, GNAQQuantizer) or not quantizer.dynamic or epochs is None:
         return None
 

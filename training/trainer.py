@@ -123,63 +123,109 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
     return cluster.mean(total / max(batches, 1))
 
 
+class StageRun:
+    """One training stage, advanced a few epochs at a time; ``finish`` leaves the model at its best state.
+
+    Why a class: the default recipe races candidate variants of the quantization-aware stage a round of epochs at
+    a time and lets the winner go on where its race ended, rather than training it again from the start.
+    The best state is chosen on the validation split only (``validate`` scores the served vectors); the test split
+    is never looked at here. The starting state (epoch 0) is a candidate too, so a warm-started stage can never
+    end worse on validation than where it began. With ``settings.ema`` the averaged weights are what is
+    validated and kept; training continues from the raw ones. ``lr_scales`` multiplies the learning rate of the
+    named parameters (e.g. ``{"quantizer.theta": 0.1}``). ``after_epoch(epoch)``, if given, runs after each
+    epoch's training, before its validation. ``started`` is the ``time.perf_counter()`` from which
+    ``settings.max_seconds`` counts (default: now), so that racing runs share one budget.
+    With several ranks (``cluster``) every rank runs the stage alike; rank 0 alone runs ``validate`` and keeps the
+    clock, and broadcasts the score and the time-budget verdict, so every rank takes the same decisions (stop,
+    learning rate, best state) and ends at the same state. Only rank 0's history carries the validation scores.
+    """
+
+    def __init__(self, model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
+                 validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
+                 rng: np.random.Generator, progress: bool = True, extra_loss: ExtraLoss | None = None,
+                 lr_scales: dict[str, float] | None = None, after_epoch: Callable[[int], None] | None = None,
+                 cluster: Cluster | None = None, started: float | None = None) -> None:
+        self.model, self.adjacency, self.pairs, self.sampler = model, adjacency, pairs, sampler
+        self.validate, self.settings, self.stage, self.rng = validate, settings, stage, rng
+        self.extra_loss, self.after_epoch = extra_loss, after_epoch
+        self.cluster = cluster = cluster or Cluster()
+        cluster.broadcast_module(model)  # every rank starts the stage from rank 0's weights
+        self.optimizer = torch.optim.Adam(_parameter_groups(model, settings.lr, lr_scales or {}), lr=settings.lr)
+        self.plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
+        start = validate() if cluster.is_main else {}
+        self.history = [EpochRecord(stage, 0, None, 0.0, start)]
+        (self.best_score,) = cluster.decide(start[settings.metric] if cluster.is_main else 0.0)
+        self.best_state, self.waited, self.ended = copy.deepcopy(model.state_dict()), 0, False
+        self.deadline = None if settings.max_seconds is None else (
+            (time.perf_counter() if started is None else started) + settings.max_seconds)
+        self.average = None if settings.ema is None else WeightAverage(model, settings.ema)
+        self.bar = tqdm(total=settings.epochs, desc=stage, disable=not progress, leave=False)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained so far."""
+        return self.history[-1].epoch
+
+    def advance(self, epochs: int) -> bool:
+        """Train up to ``epochs`` more epochs (fewer if the stage ends); returns whether the stage has ended:
+        its epochs done, early-stopped, or out of time."""
+        settings, cluster = self.settings, self.cluster
+        for _ in range(epochs):
+            if self.ended:
+                break
+            epoch = self.epochs + 1
+            began = time.perf_counter()
+            loss = train_epoch(self.model, self.optimizer, self.adjacency, self.pairs, self.sampler, settings,
+                               self.rng, self.extra_loss, self.average, cluster)
+            if self.after_epoch is not None:
+                self.after_epoch(epoch)
+            record = EpochRecord(self.stage, epoch, loss, time.perf_counter() - began,
+                                 lr=self.optimizer.param_groups[0]["lr"])
+            (late,) = cluster.decide(float(self.deadline is not None and time.perf_counter() >= self.deadline))
+            out_of_time = bool(late)
+            if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
+                self._validate(record)
+            self.history.append(record)
+            self.bar.update(1)
+            if out_of_time:
+                log.info("[%s] time budget of %.0f s spent after epoch %d", self.stage, settings.max_seconds, epoch)
+            self.ended = self.waited >= settings.patience or out_of_time or epoch >= settings.epochs
+        return self.ended
+
+    def _validate(self, record: EpochRecord) -> None:
+        settings, cluster = self.settings, self.cluster
+        with nullcontext() if self.average is None else self.average.swapped_in():
+            record.valid = self.validate() if cluster.is_main else {}
+            (score,) = cluster.decide(record.valid[settings.metric] if cluster.is_main else 0.0)
+            if score > self.best_score:
+                self.best_score, self.best_state, self.waited = score, copy.deepcopy(self.model.state_dict()), 0
+            else:
+                self.waited += 1
+        if self.plateau is not None:
+            self.plateau.step(score)
+        self.bar.set_postfix(loss=f"{record.loss:.4f}", **{settings.metric: f"{score:.4f}"})
+        log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch, lr %.2g)", self.stage, record.epoch,
+                 record.loss, settings.metric, score, record.seconds, record.lr)
+
+    def finish(self) -> list[EpochRecord]:
+        """Leave the model at its best validation state; returns the stage's history."""
+        self.bar.close()
+        self.model.load_state_dict(self.best_state)
+        return self.history
+
+
 def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
         validate: Callable[[], dict[str, float]], settings: FitSettings, *, stage: str,
         rng: np.random.Generator, progress: bool = True,
         extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None,
         after_epoch: Callable[[int], None] | None = None, cluster: Cluster | None = None) -> list[EpochRecord]:
-    """Train until ``settings.epochs`` or early stop; leaves ``model`` at its best validation state.
-
-    The best state is chosen on the validation split only (``validate`` scores the served vectors);
-    the test split is never looked at here. The starting state (epoch 0) is a candidate too, so a
-    warm-started stage can never end worse on validation than where it began. With ``settings.ema``
-    the averaged weights are what is validated and kept; training continues from the raw ones.
-    ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
-    ``after_epoch(epoch)``, if given, runs after each epoch's training, before its validation.
-    With several ranks (``cluster``) every rank calls ``fit`` alike; rank 0 alone runs ``validate`` and keeps the
-    clock, and broadcasts the score and the time-budget verdict, so every rank takes the same decisions (stop,
-    learning rate, best state) and ends at the same state. Only rank 0's history carries the validation scores.
-    """
-    cluster = cluster or Cluster()
-    cluster.broadcast_module(model)  # every rank starts the stage from rank 0's weights
-    optimizer = torch.optim.Adam(_parameter_groups(model, settings.lr, lr_scales or {}), lr=settings.lr)
-    plateau = None if settings.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=0.5, patience=settings.lr_patience)
-    start = validate() if cluster.is_main else {}
-    history = [EpochRecord(stage, 0, None, 0.0, start)]
-    (best_score,) = cluster.decide(start[settings.metric] if cluster.is_main else 0.0)
-    best_state, waited = copy.deepcopy(model.state_dict()), 0
-    deadline = None if settings.max_seconds is None else time.perf_counter() + settings.max_seconds
-    average = None if settings.ema is None else WeightAverage(model, settings.ema)
-    bar = tqdm(range(1, settings.epochs + 1), desc=stage, disable=not progress, leave=False)
-    for epoch in bar:
-        started = time.perf_counter()
-        loss = train_epoch(model, optimizer, adjacency, pairs, sampler, settings, rng, extra_loss, average, cluster)
-        if after_epoch is not None:
-            after_epoch(epoch)
-        record = EpochRecord(stage, epoch, loss, time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"])
-        (late,) = cluster.decide(float(deadline is not None and time.perf_counter() >= deadline))
-        out_of_time = bool(late)
-        if epoch % settings.eval_every == 0 or epoch == settings.epochs or out_of_time:
-            with nullcontext() if average is None else average.swapped_in():
-                record.valid = validate() if cluster.is_main else {}
-                (score,) = cluster.decide(record.valid[settings.metric] if cluster.is_main else 0.0)
-                if score > best_score:
-                    best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-                else:
-                    waited += 1
-            if plateau is not None:
-                plateau.step(score)
-            bar.set_postfix(loss=f"{loss:.4f}", **{settings.metric: f"{score:.4f}"})
-            log.info("[%s] epoch %4d  loss %.4f  valid %s %.4f  (%.2fs/epoch, lr %.2g)", stage, epoch, loss,
-                     settings.metric, score, record.seconds, record.lr)
-        history.append(record)
-        if waited >= settings.patience or out_of_time:
-            if out_of_time:
-                log.info("[%s] time budget of %.0f s spent after epoch %d", stage, settings.max_seconds, epoch)
-            break
-    model.load_state_dict(best_state)
-    return history
+    """Train until ``settings.epochs`` or early stop (a ``StageRun`` run to its end); leaves ``model`` at its best
+    validation state and returns the history."""
+    run = StageRun(model, adjacency, pairs, sampler, validate, settings, stage=stage, rng=rng, progress=progress,
+                   extra_loss=extra_loss, lr_scales=lr_scales, after_epoch=after_epoch, cluster=cluster)
+    run.advance(settings.epochs)
+    return run.finish()
 
 
 def _parameter_groups(model: torch.nn.Module, lr: float, lr_scales: dict[str, float]) -> list[dict]:
