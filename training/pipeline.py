@@ -274,6 +274,7 @@ def race_gnaq_variants(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     ws.config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=chosen)})
     ws.choices["gnaq_variant"] = {"chosen": {key: chosen[key] for key in unset},
                                   "trials": trials if len(candidates) > 1 else []}
+    runs.clear()  # the losers' models, optimiser states and best states, before the winner trains on
     winner.advance(c.qat.epochs - winner.epochs)
     history = winner.finish()
     if winner.model is not model:
