@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,16 @@ class Workspace:
 
     def csr(self, pairs: np.ndarray) -> sp.csr_matrix:
         return pairs_to_csr(pairs, self.data.n_users, self.data.n_items)
+
+    @cached_property
+    def mean_adjacency(self) -> torch.Tensor:
+        """GNAQ's refinement operator over the fit graph: built once, shared by every raced candidate."""
+        return mean_adjacency(self.fit_pairs, self.data.n_users, self.data.n_items, self.device)
+
+    @cached_property
+    def influence(self) -> torch.Tensor:
+        """GNAQ's per-node graph influence (estimator (c)): built once, shared by every raced candidate."""
+        return graph_influence(self.adjacency)
 
 
 @dataclass
@@ -312,11 +323,9 @@ def _start_stage(ws: Workspace, model: LightGCN, c: TrainConfig, distillation: L
     if c.method == "gnaq":
         g = c.gnaq
         quantizer = GNAQQuantizer(
-            c.bits, data.n_users, mean_adjacency=mean_adjacency(ws.fit_pairs, data.n_users, data.n_items,
-                                                                ws.device),
-            influence=graph_influence(ws.adjacency), layers=c.layers, node_aware=g.node_aware,
-            dynamic=g.dynamic, estimator=g.estimator, eta=g.eta, equalize=g.equalize, clip=g.clip,
-            center=g.center, track_stats=g.track_stats, relative=g.relative_refinement,
+            c.bits, data.n_users, mean_adjacency=ws.mean_adjacency, influence=ws.influence, layers=c.layers,
+            node_aware=g.node_aware, dynamic=g.dynamic, estimator=g.estimator, eta=g.eta, equalize=g.equalize,
+            clip=g.clip, center=g.center, track_stats=g.track_stats, relative=g.relative_refinement,
         ).to(ws.device)
         with torch.no_grad():
             quantizer.initialize(model.propagate(ws.adjacency))
