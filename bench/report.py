@@ -7,6 +7,7 @@ can be regenerated at any time: ``python bench/study.py DATASET --report-only``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -66,6 +67,8 @@ def row_result(version_dir: Path, command: list[str]) -> dict:
         "valid_curve": _valid_curve(history, stage, start=race_seconds(manifest.training.choices)),
         "config": as_requested(TrainConfig.from_manifest(manifest).model_dump(mode="json"),
                                manifest.training.choices),
+        "derived": dict(training.choices.get("derived", {})),
+        "data": {"n_fit": manifest.dataset.n_fit, "n_items": manifest.dataset.n_items},
     }
 
 
@@ -248,15 +251,17 @@ def _earlier_rows(results_path: Path) -> dict[tuple[int, str], dict]:
 
 
 def _still_valid(record: dict, command: list[str]) -> bool:
-    """Whether a recorded row is what ``command`` would train today: same command and same resolved settings.
+    """Whether a recorded row is what ``command`` would train today: same command, same settings, and the same
+    settings derived from the data.
 
     A setting added after the record was written matches when it is at its default (new settings default to
     the behaviour before them); GNAQ's own settings are not compared for other methods' rows, nor where a row
     was written. Records in the flat form of earlier versions are read in today's sections. Records written
-    before rows carried their settings are never kept: the config file their command names may have changed
-    since, and nothing recorded says.
+    before rows carried their settings, or what the recipe derived from the data, are never kept: the config
+    file their command names, or the recipe's rules (its quantization-aware rate, say), may have changed since,
+    and nothing recorded says.
     """
-    if record["command"] != " ".join(command) or "config" not in record:
+    if record["command"] != " ".join(command) or "config" not in record or "derived" not in record:
         return False
     expected = config_of(command[2:])
     try:
@@ -264,7 +269,11 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     except ValidationError:  # a setting that no longer exists
         return False
     ignored = {"model_dir", "version", "publish", "progress"} | ({"gnaq"} if expected.method != "gnaq" else set())
-    return expected.model_dump(exclude=ignored) == recorded.model_dump(exclude=ignored)
+    if expected.model_dump(exclude=ignored) != recorded.model_dump(exclude=ignored):
+        return False
+    _, derived = expected.for_data(record["data"]["n_fit"], record["data"]["n_items"])
+    return derived.keys() == record["derived"].keys() and all(
+        math.isclose(value, record["derived"][name]) for name, value in derived.items())
 
 
 def write_report(dataset: str, runs_dir: Path, commands: dict[int, dict[str, list[str]]], *,

@@ -89,31 +89,48 @@ def test_records_without_settings_are_not_kept(tmp_path):
               "stored_bytes_per_node": 20.0, "served_bytes_per_item": 20.0, "train_seconds_by_stage": {"fp32": 1.0},
               "epochs_by_stage": {"fp32": 1}, "device": "cpu"}
     rows = [{**legacy, "version": v, "command": " ".join(c)} for v, c in commands.items()]
-    rows[1]["config"] = config_of(commands["gnaq-2bit"][2:]).model_dump(mode="json")
+    rows[1].update(_record(commands["gnaq-2bit"], config_of(commands["gnaq-2bit"][2:]).model_dump(mode="json")))
     (out / "bench" / "results" / "ml-100k.json").write_text(json.dumps({"rows": rows}))
     report = write_report("ml-100k", runs, {0: commands}, budget_minutes=None, out_root=out)
     assert [row["version"] for row in report["rows"]] == ["gnaq-2bit"]
     assert report["not_run"] == ["seed 0 ptq-node-2bit"]
 
 
+ML_100K_FIT = {"n_fit": 72_000, "n_items": 1682}
+
+
+def _record(command: list[str], config: dict) -> dict:
+    """A study row's record of ``command``: its settings, and what today's recipe derives for MovieLens-100K."""
+    return {"command": " ".join(command), "config": config, "data": ML_100K_FIT,
+            "derived": config_of(command[2:]).for_data(**ML_100K_FIT)[1]}
+
+
 def test_a_setting_added_after_a_record_matches_only_at_its_default(tmp_path):
     command = row_command("ml-100k", dict(ROWS)["gnaq-2bit"], 0, tmp_path, "gnaq-2bit", None)
     config = config_of(command[2:]).model_dump(mode="json")
-    assert _still_valid({"command": " ".join(command), "config": config}, command)
-    older = {"command": " ".join(command), "config": {k: v for k, v in flat_config(config).items() if k != "center"}}
+    assert _still_valid(_record(command, config), command)
+    older = _record(command, {k: v for k, v in flat_config(config).items() if k != "center"})
     assert _still_valid(older, command)  # a flat record, before --center existed: its default is what ran
     centred = [*command, "--center"]
     assert not _still_valid({**older, "command": " ".join(centred)}, centred)
-    assert not _still_valid({"command": " ".join(command), "config": {**flat_config(config), "clip": 0.5}}, command)
-    assert not _still_valid({"command": " ".join(command), "config": {**config, "nonsense": 1}}, command)
+    assert not _still_valid(_record(command, {**flat_config(config), "clip": 0.5}), command)
+    assert not _still_valid(_record(command, {**config, "nonsense": 1}), command)
+
+
+def test_a_record_is_not_kept_once_the_recipe_derives_other_settings(tmp_path):
+    # The quantization-aware rate went from 5e-3 to 0.02 with the same command and the same (unset) setting.
+    command = row_command("ml-100k", dict(ROWS)["lsq-2bit"], 0, tmp_path, "lsq-2bit", None)
+    record = _record(command, config_of(command[2:]).model_dump(mode="json"))
+    assert _still_valid(record, command)
+    assert not _still_valid({**record, "derived": {**record["derived"], "qat.lr": 5e-3}}, command)
+    assert not _still_valid({k: v for k, v in record.items() if k != "derived"}, command)
 
 
 def test_gnaq_settings_do_not_invalidate_other_methods_rows(tmp_path):
     command = row_command("ml-100k", dict(ROWS)["lsq-2bit"], 0, tmp_path, "lsq-2bit", None)
     config = config_of(command[2:]).model_dump(mode="json")
-    assert _still_valid({"command": " ".join(command), "config": {**config, "gnaq": {"clip": 0.5, "center": True}}},
-                        command)
-    assert not _still_valid({"command": " ".join(command), "config": {**config, "qat": {"lr": 0.5}}}, command)
+    assert _still_valid(_record(command, {**config, "gnaq": {"clip": 0.5, "center": True}}), command)
+    assert not _still_valid(_record(command, {**config, "qat": {"lr": 0.5}}), command)
 
 
 def test_only_the_named_rows_are_trained(tmp_path, capsys):

@@ -30,7 +30,7 @@ def test_train_publishes_a_complete_artifact(trained, capsys):
 def test_the_default_recipe_records_what_it_derived_and_chose(trained):
     manifest = read_current(trained).manifest
     choices, config = manifest.training.choices, manifest.config
-    assert choices["derived"] == {"bpr.batch_size": 2048, "fp32.lr": 0.005, "qat.lr": 0.005, "distill.users": 1024}
+    assert choices["derived"] == {"bpr.batch_size": 2048, "fp32.lr": 0.005, "qat.lr": 0.02, "distill.users": 1024}
     variant = choices["gnaq_variant"]
     assert len(variant["trials"]) == 4 and set(variant["chosen"]) == {"center", "track_stats", "relative_refinement"}
     best = max(trial["recall@20"] for trial in variant["trials"])

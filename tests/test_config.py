@@ -34,9 +34,9 @@ def test_research_settings_parse_but_only_help_advanced_lists_them(capsys):
 
 
 def test_unset_settings_are_derived_from_the_data_and_reported():
-    config, derived = TrainConfig().for_data(72_000, 1682)  # MovieLens-100K: the settings of every earlier table
-    assert (config.bpr.batch_size, config.fp32.lr, config.qat.lr, config.distill.users) == (2048, 5e-3, 5e-3, 1024)
-    assert derived == {"bpr.batch_size": 2048, "fp32.lr": 5e-3, "qat.lr": 5e-3, "distill.users": 1024}
+    config, derived = TrainConfig().for_data(72_000, 1682)  # MovieLens-100K
+    assert (config.bpr.batch_size, config.fp32.lr, config.qat.lr, config.distill.users) == (2048, 5e-3, 2e-2, 1024)
+    assert derived == {"bpr.batch_size": 2048, "fp32.lr": 5e-3, "qat.lr": 2e-2, "distill.users": 1024}
     config, derived = TrainConfig(bpr={"batch_size": 4096}).for_data(730_000, 40_981)
     assert config.bpr.batch_size == 4096 and "bpr.batch_size" not in derived
     gowalla = TrainConfig().for_data(730_000, 40_981)[0]  # the settings its timing chose
