@@ -261,7 +261,7 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     file their command names, or the recipe's rules (its quantization-aware rate, say), may have changed since,
     and nothing recorded says.
     """
-    if record["command"] != " ".join(command) or "config" not in record or "derived" not in record:
+    if record["command"] != " ".join(command) or not {"config", "derived", "data"} <= record.keys():
         return False
     expected = config_of(command[2:])
     try:

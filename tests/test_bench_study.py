@@ -123,7 +123,8 @@ def test_a_record_is_not_kept_once_the_recipe_derives_other_settings(tmp_path):
     record = _record(command, config_of(command[2:]).model_dump(mode="json"))
     assert _still_valid(record, command)
     assert not _still_valid({**record, "derived": {**record["derived"], "qat.lr": 5e-3}}, command)
-    assert not _still_valid({k: v for k, v in record.items() if k != "derived"}, command)
+    for written_before in ("derived", "data"):
+        assert not _still_valid({k: v for k, v in record.items() if k != written_before}, command)
 
 
 def test_gnaq_settings_do_not_invalidate_other_methods_rows(tmp_path):
