@@ -134,9 +134,10 @@ def _train(args: argparse.Namespace) -> int:
     metrics, choices = manifest.metrics, manifest.training.choices
     print("test:  " + _metric_line(metrics.test, config.ks))
     if metrics.warm_start_test:
-        key = metrics.selection_metric
-        print("fp32:  " + _metric_line(metrics.warm_start_test, config.ks) + "  (the warm start; "
-              f"{metrics.test[key] / metrics.warm_start_test[key]:.3f}x of its {key})")
+        ratio = metrics.warm_start_ratio
+        print("fp32:  " + _metric_line(metrics.warm_start_test, config.ks) + "  (the warm start" + (
+            "" if ratio is None else f"; {ratio.ratio:.3f}x of its {ratio.metric}, {ratio.confidence:.0%} interval "
+            f"{ratio.low:.3f}-{ratio.high:.3f} over {ratio.users:,} test users") + ")")
     if choices:
         derived = ", ".join(f"{name} {value if isinstance(value, int) else format(value, '.4g')}"
                             for name, value in choices.get("derived", {}).items())

@@ -54,6 +54,17 @@ class QuantizerRecord(BaseModel):
     clip: float | None = Field(None, description="GNAQ: grid step as a multiple of the Gaussian MSE-optimal step")
 
 
+class RatioInterval(_Record):
+    """A quantized model's test metric as a fraction of its fp32 warm start's, with a paired bootstrap interval."""
+
+    metric: str
+    users: int = Field(description="test users scored by both models (resampled together)")
+    ratio: float = Field(description="mean over users of the model's metric / the same of the warm start's")
+    low: float
+    high: float
+    confidence: float = Field(description="two-sided coverage of [low, high]")
+
+
 class Metrics(_Record):
     """Full-ranking metrics of the served vectors: validation (selection) and test (reported once)."""
 
@@ -62,6 +73,8 @@ class Metrics(_Record):
     selection_metric: str
     warm_start_test: dict[str, float] | None = Field(
         None, description="test metrics of the fp32 warm start a quantized model was trained from")
+    warm_start_ratio: RatioInterval | None = Field(
+        None, description="the selection metric on test against the warm start's, with its interval")
 
 
 class TrainingRecord(_Record):

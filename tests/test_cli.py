@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cli.main import main
 from contracts.manifest import FORMAT_VERSION
@@ -38,6 +39,9 @@ def test_the_default_recipe_records_what_it_derived_and_chose(trained):
         {key: value for key, value in trial.items() if key != "seconds"} for trial in variant["trials"]]
     assert all(config["gnaq"][key] == value for key, value in variant["chosen"].items())  # what ran
     assert set(manifest.metrics.warm_start_test) == set(manifest.metrics.test)
+    ratio, test, fp32 = manifest.metrics.warm_start_ratio, manifest.metrics.test, manifest.metrics.warm_start_test
+    assert ratio.metric == "recall@20" and ratio.users == 943 and ratio.confidence == 0.95
+    assert ratio.ratio == pytest.approx(test["recall@20"] / fp32["recall@20"]) and ratio.low < ratio.ratio < ratio.high
 
 
 def test_evaluate_reproduces_the_recorded_metrics(trained, capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from contracts.interaction_log import Interaction, LoggedInteraction
 from contracts.versions import read_current, read_retrain_status
-from training.quality_gate import GateSettings, judge
+from training.quality_gate import GateSettings, judge, ratio_interval
 from training.retrain import _status, new_data
 
 GATE = GateSettings(tolerance=0.05, confidence=0.95, min_users=20)
@@ -83,3 +83,22 @@ def test_the_service_exports_the_last_run_as_metrics(model_dir, tmp_path):
     with TestClient(create_app(settings)) as client:
         text = client.get("/metrics").text
     assert "gnaq_retrain_runs_pending 3.0" in text and "gnaq_retrain_pending_interactions 7.0" in text
+
+
+def test_the_ratio_interval_holds_the_ratio_and_narrows_with_more_users():
+    rng = np.random.default_rng(3)
+    reference = rng.random(4000)
+    model = np.clip(reference * 0.97 + rng.normal(0, 0.05, 4000), 0, 1)
+    found = ratio_interval(model, reference, "recall@20")
+    assert found.low < found.ratio < found.high and found.ratio == pytest.approx(model.mean() / reference.mean())
+    few = ratio_interval(model[:400], reference[:400], "recall@20")
+    assert few.high - few.low > 2 * (found.high - found.low)
+    same = ratio_interval(reference, reference, "recall@20", resamples=200)
+    assert same.low == pytest.approx(1) and same.high == pytest.approx(1)
+
+
+def test_a_ratio_to_nothing_is_refused():
+    with pytest.raises(ValueError, match="a ratio to it means nothing"):
+        ratio_interval(np.ones(10), np.zeros(10), "recall@20")
+    with pytest.raises(ValueError, match="one non-empty shape"):
+        ratio_interval(np.ones(10), np.ones(9), "recall@20")

@@ -84,5 +84,9 @@ def evaluate_ranking(user_vectors: Tensor, item_vectors: Tensor, exclude: sp.csr
                      relevant: sp.csr_matrix, ks: Sequence[int] = (10, 20),
                      block_entries: int = SCORE_BLOCK_ENTRIES) -> dict[str, float]:
     """Mean Recall@K / NDCG@K over users with at least one relevant item (``user_metrics``, averaged)."""
-    per_user = user_metrics(user_vectors, item_vectors, exclude, relevant, ks, block_entries)
+    return mean_metrics(user_metrics(user_vectors, item_vectors, exclude, relevant, ks, block_entries))
+
+
+def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each metric's mean over the users of ``user_metrics``."""
     return {name: float(values.sum()) / len(values) for name, values in per_user.items()}

@@ -21,7 +21,15 @@ import scipy.sparse as sp
 import torch
 
 from contracts.artifact import ModelArtifact, UserItems, read_artifact
-from contracts.manifest import DatasetRecord, Manifest, Metrics, ModelInfo, QuantizerRecord, TrainingRecord
+from contracts.manifest import (
+    DatasetRecord,
+    Manifest,
+    Metrics,
+    ModelInfo,
+    QuantizerRecord,
+    RatioInterval,
+    TrainingRecord,
+)
 from contracts.versions import add_version
 from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
 from model.distillation import ListwiseDistillation
@@ -32,9 +40,10 @@ from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 from training.config import Schedule, TrainConfig
 from training.datasets import load_dataset
 from training.distributed import Cluster, cluster_device
-from training.evaluate import evaluate_ranking, pairs_to_csr
+from training.evaluate import mean_metrics, pairs_to_csr, user_metrics
 from training.interactions import Interactions, reindex
 from training.plots import training_curve_png
+from training.quality_gate import ratio_interval
 from training.sampling import NegativeSampler
 from training.splits import validation_split, without_pairs
 from training.trainer import EpochRecord, FitSettings, StageRun, fit
@@ -149,8 +158,14 @@ def served_tables(model: LightGCN, adjacency: torch.Tensor) -> tuple[EmbeddingTa
 def rank_tables(user: EmbeddingTable, item: EmbeddingTable, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
                 ks: list[int], device: torch.device) -> dict[str, float]:
     """Full-ranking metrics of the served vectors."""
+    return mean_metrics(user_scores(user, item, exclude, relevant, ks, device))
+
+
+def user_scores(user: EmbeddingTable, item: EmbeddingTable, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+                ks: list[int], device: torch.device) -> dict[str, np.ndarray]:
+    """Full-ranking metrics of the served vectors, per user with a relevant item (``user_metrics``)."""
     vectors = (torch.from_numpy(t.dequantize()).to(device) for t in (user, item))
-    return evaluate_ranking(*vectors, exclude, relevant, ks)
+    return user_metrics(*vectors, exclude, relevant, ks)
 
 
 def _validator(ws: Workspace, model: LightGCN):
@@ -404,16 +419,16 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
     cluster = cluster or Cluster()
     ws = prepare(config, data, valid_pairs, cluster)
     model, history = train_full_precision(ws)
-    warm_start_test = None
+    warm_start_scores = None
     if config.method != "fp32":
         if cluster.is_main:  # the fp32 reference on the same split, for the ratio users ask first
-            warm_start_test = rank_tables(*served_tables(model, ws.adjacency), ws.csr(ws.data.train),
-                                          ws.csr(ws.data.test), config.ks, ws.device)
+            warm_start_scores = user_scores(*served_tables(model, ws.adjacency), ws.csr(ws.data.train),
+                                            ws.csr(ws.data.test), config.ks, ws.device)
         history = history + quantize(ws, model)
     if not cluster.is_main:
         cluster.barrier("waiting for rank 0 to test the model and write the artifact")
         return None
-    result = _export(ws, model, history, started, warm_start_test)
+    result = _export(ws, model, history, started, warm_start_scores)
     try:
         cluster.barrier("releasing the other ranks")
     except RuntimeError as error:  # the version is written: report it rather than fail the run
@@ -422,20 +437,25 @@ def run_training(config: TrainConfig, *, data: Interactions | None = None,
 
 
 def _export(ws: Workspace, model: LightGCN, history: list[EpochRecord], started: float,
-            warm_start_test: dict[str, float] | None) -> TrainResult:
-    """Rank 0's last step: the served tables, validated and tested once, written as a new version."""
+            warm_start_scores: dict[str, np.ndarray] | None) -> TrainResult:
+    """Rank 0's last step: the served tables, validated and tested once, written as a new version.
+
+    ``warm_start_scores``: the fp32 warm start's per-user test metrics, which the model's are compared with.
+    """
     config = ws.config  # with what was derived from the data and chosen on validation
     test_split = ws.csr(ws.data.train), ws.csr(ws.data.test)
     user, item = served_tables(model, ws.adjacency)
     valid = _validator(ws, model)()
-    test = rank_tables(user, item, *test_split, config.ks, ws.device)
+    test_scores = user_scores(user, item, *test_split, config.ks, ws.device)
+    test = mean_metrics(test_scores)
     data = ws.data
     degrees = node_degrees(ws.fit_pairs, data.n_users, data.n_items).astype(np.float32)
     info = ModelInfo(
         method=config.method, bits=None if config.method == "fp32" else config.bits, dim=config.dim,
         layers=config.layers, seed=config.seed, quantizer=_quantizer_record(model), dataset=_dataset_record(ws),
         metrics=Metrics(test=test, valid=valid, selection_metric=config.selection_metric,
-                        warm_start_test=warm_start_test),
+                        warm_start_test=None if warm_start_scores is None else mean_metrics(warm_start_scores),
+                        warm_start_ratio=_warm_start_ratio(test_scores, warm_start_scores, config.selection_metric)),
         served=_served_description(model),
         training=TrainingRecord(epochs_run={r.stage: r.epoch for r in history},
                                 selected_epoch=_selected(history, config), seconds=time.perf_counter() - started,
@@ -457,6 +477,15 @@ def _export(ws: Workspace, model: LightGCN, history: list[EpochRecord], started:
                                     "training_curve.png": training_curve_png(history, config.selection_metric)})
     # Read back from disk: the manifest returned is the written one, with every checksum verified.
     return TrainResult(path, read_artifact(path).manifest)
+
+
+def _warm_start_ratio(test_scores: dict[str, np.ndarray], warm_start_scores: dict[str, np.ndarray] | None,
+                      metric: str) -> RatioInterval | None:
+    """The model's test ``metric`` against its warm start's, with a 95% interval over test users (none without a
+    warm start, or when the warm start scores 0: no ratio to speak of)."""
+    if warm_start_scores is None or warm_start_scores[metric].mean() <= 0:
+        return None
+    return ratio_interval(test_scores[metric], warm_start_scores[metric], metric)
 
 
 def evaluate_artifact(artifact: ModelArtifact, dataset: str | None = None, data_dir: str | None = None,

@@ -1,4 +1,5 @@
-"""The nightly job's quality gate: is a candidate model clearly worse than the one serving?
+"""The nightly job's quality gate: is a candidate model clearly worse than the one serving? And by how much does a
+quantized model trail its fp32 warm start (``ratio_interval``)? Both resample users, each user's scores together.
 
 Both models are scored per validation user (Recall@20 on the current model's stored validation pairs, same
 masking), and the gate looks at the paired per-user difference ``candidate - (1 - tolerance) x current``. It
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_CHUNK = 100  # resamples drawn at once: bounds memory at 100 x users indices
+from contracts.manifest import RatioInterval
+
+_CHUNK_INDICES = 10_000_000  # indices drawn at once (80 MB): up to 100 resamples, fewer of many users
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,45 @@ def judge(candidate: np.ndarray, current: np.ndarray, gate: GateSettings, *, res
     if n < min_users:
         return Verdict(True, mean_candidate, mean_current, n, None,
                        f"only {n} validation users (< {min_users}): too few to judge, passed")
-    difference = candidate - (1 - tolerance) * current
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([difference[rng.integers(0, n, (min(_CHUNK, resamples - start), n))].mean(axis=1)
-                            for start in range(0, resamples, _CHUNK)])
+    means = resampled_means(candidate - (1 - tolerance) * current, resamples=resamples, seed=seed)
     upper = float(np.quantile(means, confidence))
     passed = upper >= 0
     relation = "not clearly below" if passed else "clearly below"
     return Verdict(passed, mean_candidate, mean_current, n, upper,
                    f"{mean_candidate:.4f} is {relation} (1 - {tolerance}) x {mean_current:.4f} = {threshold:.4f}: "
                    f"the {confidence:.0%} upper bound of the mean paired difference over {n} users is {upper:+.4f}")
+
+
+def resampled_means(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Means of ``resamples`` bootstrap resamples of the rows of ``values`` (users drawn with replacement, seeded).
+
+    ``values`` is (users,) or (users, columns): columns of one user are resampled together, which keeps paired
+    scores paired. Returns (resamples,) or (resamples, columns).
+    """
+    n = len(values)
+    chunk = max(1, min(100, _CHUNK_INDICES // n))
+    rng = np.random.default_rng(seed)
+    return np.concatenate([values[rng.integers(0, n, (min(chunk, resamples - start), n))].mean(axis=1)
+                           for start in range(0, resamples, chunk)])
+
+
+def ratio_interval(model: np.ndarray, reference: np.ndarray, metric: str, *, confidence: float = 0.95,
+                   resamples: int = 1000, seed: int = 0) -> RatioInterval:
+    """mean(model) / mean(reference) of paired per-user scores, with its percentile bootstrap interval.
+
+    Why: "0.965x of fp32" on one test split is one draw; resampling the users shows how far another draw of
+    users like them would move it (about ±0.01 on 15k users, ±0.014 on 943).
+    """
+    if model.shape != reference.shape or model.ndim != 1 or len(model) == 0:
+        raise ValueError(f"paired per-user scores must have one non-empty shape, got {model.shape} and "
+                         f"{reference.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if reference.mean() <= 0:
+        raise ValueError(f"the reference's mean {metric} is {reference.mean()}: a ratio to it means nothing")
+    means = resampled_means(np.stack([model, reference], axis=1), resamples=resamples, seed=seed)
+    ratios = means[:, 0] / np.maximum(means[:, 1], np.finfo(np.float64).tiny)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return RatioInterval(metric=metric, users=len(model), ratio=float(model.mean() / reference.mean()),
+                         low=float(low), high=float(high), confidence=confidence)
