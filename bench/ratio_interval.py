@@ -6,7 +6,7 @@ Why: a bar like 0.97x is judged on one test split. The quantized model and its f
 same test users, so their per-user Recall@K are paired; resampling users (both scores of a user together) gives
 the spread of the ratio of their means that another draw of users of the same kind would show.
 
-Usage: python bench/ratio_interval.py VERSION_DIR [--metric recall@20] [--confidence 0.95] [--resamples 2000]
+Usage: python bench/ratio_interval.py VERSION_DIR [--metric recall@20] [--confidence 0.95] [--resamples 1000]
            [--data-dir DIR]
 
 VERSION_DIR is a quantized version written by ``gnaq train`` (or a model directory: its current version). Its model
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--metric", default="recall@20", help="a per-user test metric: recall@K or ndcg@K of the "
                         "version's cut-offs (default recall@20)")
     parser.add_argument("--confidence", type=float, default=0.95, help="two-sided (default 0.95)")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000, as gnaq train)")
     parser.add_argument("--data-dir", default=os.environ.get("GNAQ_DATA_DIR"), help="where named datasets lie")
     args = parser.parse_args()
     if args.resamples < 100:
