@@ -82,9 +82,9 @@ def main() -> None:
         raise SystemExit(f"--confidence must be in (0, 1), got {args.confidence}")
     try:
         model, fp32 = paired_test_scores(args.version, args.metric, args.data_dir)
-    except (ArtifactError, ValueError) as error:  # not a version, an unreadable one, or data that does not load
+        found = ratio_interval(model, fp32, args.metric, confidence=args.confidence, resamples=args.resamples)
+    except (ArtifactError, ValueError) as error:  # not a version, unreadable data, or an fp32 model scoring 0
         raise SystemExit(f"{args.version}: {error}") from None
-    found = ratio_interval(model, fp32, args.metric, confidence=args.confidence, resamples=args.resamples)
     print(f"{version_dir(args.version).name}: test {found.metric} {model.mean():.4f} against fp32 {fp32.mean():.4f} "
           f"over {found.users} users: {found.ratio:.3f}x, {found.confidence:.0%} interval "
           f"{found.low:.3f}-{found.high:.3f}")
