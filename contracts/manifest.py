@@ -63,6 +63,7 @@ class RatioInterval(_Record):
     low: float
     high: float
     confidence: float = Field(description="two-sided coverage of [low, high]")
+    resamples: int = Field(description="bootstrap resamples of the users")
 
 
 class Metrics(_Record):

@@ -40,7 +40,7 @@ def test_the_default_recipe_records_what_it_derived_and_chose(trained):
     assert all(config["gnaq"][key] == value for key, value in variant["chosen"].items())  # what ran
     assert set(manifest.metrics.warm_start_test) == set(manifest.metrics.test)
     ratio, test, fp32 = manifest.metrics.warm_start_ratio, manifest.metrics.test, manifest.metrics.warm_start_test
-    assert ratio.metric == "recall@20" and ratio.users == 943 and ratio.confidence == 0.95
+    assert ratio.metric == "recall@20" and ratio.users == 943 and ratio.confidence == 0.95 and ratio.resamples == 1000
     assert ratio.ratio == pytest.approx(test["recall@20"] / fp32["recall@20"]) and ratio.low < ratio.ratio < ratio.high
 
 

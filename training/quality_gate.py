@@ -100,4 +100,4 @@ def ratio_interval(model: np.ndarray, reference: np.ndarray, metric: str, *, con
     tail = (1 - confidence) / 2
     low, high = np.quantile(ratios, [tail, 1 - tail])
     return RatioInterval(metric=metric, users=len(model), ratio=float(model.mean() / reference.mean()),
-                         low=float(low), high=float(high), confidence=confidence)
+                         low=float(low), high=float(high), confidence=confidence, resamples=resamples)
