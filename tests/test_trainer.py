@@ -1,5 +1,5 @@
 """The training loop's rules: BPR with several negatives, wall-time budget, learning-rate halving on a plateau,
-early stopping, weight averaging."""
+early stopping, weight averaging, the state kept."""
 
 import copy
 import json
@@ -97,6 +97,42 @@ def test_with_ema_the_averaged_weights_are_validated_and_kept(problem):
                                                                 ema=0.5), stage="gnaq-2bit", rng=rng, progress=False)
     assert not torch.equal(seen[1], start)
     assert torch.equal(model.embedding.weight, seen[1])  # the best validated (averaged) state is the one kept
+
+
+def _scripted_run(problem, scores, window):
+    """Run a stage whose validations score ``scores``; returns it and the weights each validation saw."""
+    model, adjacency, pairs, sampler, rng = problem
+    seen = []
+
+    def validate():
+        seen.append(model.embedding.weight.detach().clone())
+        return {"recall@20": scores[len(seen) - 1]}
+
+    run = StageRun(model, adjacency, pairs, sampler, validate, FitSettings(
+        epochs=len(scores) - 1, batch_size=64, lr=0.05, eval_every=1, patience=10, select_window=window),
+        stage="gnaq-2bit", rng=rng, progress=False)
+    run.advance(len(scores) - 1)
+    return run, run.finish(), seen
+
+
+def test_a_window_of_validations_keeps_the_state_ending_the_best_run_not_a_lone_peak(problem):
+    scores = [0.1, 0.2, 0.5, 0.2, 0.3, 0.35, 0.36, 0.2]  # means of three: .27 .30 .33 .28 .337 .30
+    run, history, seen = _scripted_run(problem, scores, window=3)
+    assert torch.equal(run.model.embedding.weight, seen[6])
+    assert [r.epoch for r in history if r.kept] == [6]
+    assert run.best_score == 0.5  # what the race ranks and early stopping follows: single validations
+
+
+def test_a_window_of_one_keeps_the_best_single_validation(problem):
+    run, history, seen = _scripted_run(problem, [0.1, 0.2, 0.5, 0.2, 0.3], window=1)
+    assert torch.equal(run.model.embedding.weight, seen[2])
+    assert [r.epoch for r in history if r.kept] == [2]
+
+
+def test_with_a_window_no_state_scoring_below_the_start_is_kept(problem):
+    run, history, seen = _scripted_run(problem, [0.4, 0.9, 0.1, 0.1], window=3)  # the window ending at 2: .47
+    assert torch.equal(run.model.embedding.weight, seen[0])
+    assert [r.epoch for r in history if r.kept] == [0]
 
 
 def test_named_parameters_can_train_at_a_scaled_learning_rate(problem):

@@ -1,5 +1,7 @@
 """The default recipe's race of GNAQ variants: halving on validation, and a winner that trains on as it would alone."""
 
+import json
+
 import numpy as np
 
 from cli.main import main
@@ -26,6 +28,10 @@ def test_the_winner_trains_on_as_it_would_alone_and_the_first_round_losers_stop_
     winner = max(finalists, key=lambda trial: trial["recall@20"])  # the earlier candidate on ties, as the race
     assert all(winner[key] == value for key, value in variant["chosen"].items())
     assert raced.manifest.training.epochs_run["gnaq-2bit"] == 4  # the race's 2 epochs, then 2 more
+    history = json.loads((tmp_path / "raced" / "history.json").read_text())
+    kept = {r["stage"]: r["epoch"] for r in history if r["kept"]}  # one state kept per stage, the selected epoch
+    assert kept == raced.manifest.training.selected_epoch
+    assert raced.manifest.config["qat"]["select_window"] == 3  # the default recipe's window, recorded
     pinned = [f"--{'' if value else 'no-'}{key.replace('_', '-')}" for key, value in variant["chosen"].items()]
     assert main(["train", *flags, *pinned, "--version", "alone"]) == 0
     alone = read_current(tmp_path / "alone")

@@ -175,11 +175,12 @@ def _validator(ws: Workspace, model: LightGCN):
                                ws.config.ks, ws.device)
 
 
-def _settings(config: TrainConfig, stage: Schedule) -> FitSettings:
+def _settings(config: TrainConfig, stage: Schedule, select_window: int = 1) -> FitSettings:
     return FitSettings(epochs=stage.epochs, batch_size=config.bpr.batch_size, lr=stage.lr, l2=config.bpr.l2,
                        patience=stage.patience, eval_every=stage.eval_every, metric=config.selection_metric,
                        max_seconds=None if stage.minutes is None else 60 * stage.minutes,
-                       lr_patience=stage.lr_patience, ema=stage.ema, negatives=config.bpr.negatives)
+                       lr_patience=stage.lr_patience, ema=stage.ema, negatives=config.bpr.negatives,
+                       select_window=select_window)
 
 
 def warm_start_name(fingerprint: str, config: TrainConfig, world_size: int = 1) -> str:
@@ -271,7 +272,7 @@ def race_gnaq_variants(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     Round by round the better half on validation (best score so far; the earlier candidate, the default variant
     first, on ties) trains on, until the last two have trained ``[gnaq] select_epochs`` epochs; the winner then
     goes on to the end of the stage, its race epochs kept. The race shares the stage's wall-time budget and stops
-    early once it has spent a quarter of it. Leaves ``model`` at the winner's best validation state.
+    early once it has spent a quarter of it. Leaves ``model`` at the winner's kept state.
     """
     c = ws.config
     candidates = c.gnaq_candidates()
@@ -301,7 +302,7 @@ def race_gnaq_variants(ws: Workspace, model: LightGCN) -> list[EpochRecord]:
     ws.config = c.model_copy(update={"gnaq": c.gnaq.model_copy(update=chosen)})
     ws.choices["gnaq_variant"] = {"chosen": {key: chosen[key] for key in unset},
                                   "trials": trials if len(candidates) > 1 else []}
-    runs.clear()  # the losers' models, optimiser states and best states, before the winner trains on
+    runs.clear()  # the losers' models, optimiser states and kept states, before the winner trains on
     winner.advance(c.qat.epochs - winner.epochs)
     history = winner.finish()
     if winner.model is not model:
@@ -350,8 +351,9 @@ def _start_stage(ws: Workspace, model: LightGCN, c: TrainConfig, distillation: L
     model.quantizer = quantizer
     order, negatives = _rngs(ws, c.seed + 1)
     return StageRun(model, ws.adjacency, ws.fit_pairs, NegativeSampler(ws.fit_pairs, data.n_items, negatives),
-                    _validator(ws, model), _settings(c, c.qat), stage=f"{c.method}-{c.bits}bit", rng=order,
-                    progress=c.progress and ws.cluster.is_main, extra_loss=distillation,
+                    _validator(ws, model), _settings(c, c.qat, c.qat.select_window),
+                    stage=f"{c.method}-{c.bits}bit", rng=order, progress=c.progress and ws.cluster.is_main,
+                    extra_loss=distillation,
                     lr_scales={"quantizer.theta": c.gnaq.theta_lr_scale}
                     if isinstance(quantizer, GNAQQuantizer) and quantizer.theta.requires_grad else None,
                     after_epoch=_refinement_schedule(ws, model, c), cluster=ws.cluster, started=started)
@@ -399,12 +401,16 @@ def _served_description(model: LightGCN) -> str:
 
 
 def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]:
-    """Per stage, the epoch whose state was kept (first best validation score, as ``fit`` keeps it)."""
+    """Per stage, the epoch whose state was kept: the one marked ``kept``, else (an fp32 history cached before
+    the mark) the first best validation score, as single-validation selection kept it."""
     selected: dict[str, int] = {}
     for stage in dict.fromkeys(r.stage for r in history):
-        validated = [r for r in history if r.stage == stage and r.valid]
+        records = [r for r in history if r.stage == stage]
+        kept = [r.epoch for r in records if r.kept]
+        validated = [r for r in records if r.valid]
         best = max(r.valid[config.selection_metric] for r in validated)
-        selected[stage] = next(r.epoch for r in validated if r.valid[config.selection_metric] == best)
+        selected[stage] = kept[0] if kept else next(r.epoch for r in validated
+                                                    if r.valid[config.selection_metric] == best)
     return selected
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class FitSettings:
     lr_patience: int | None = None  # halve lr after more than this many validations without improvement
     negatives: int = 1  # BPR negatives per positive
     ema: float | None = None  # validate and keep an exponential moving average of the weights (decay per step)
+    select_window: int = 1  # keep the state that ends the best mean of this many consecutive validations
 
 
 class WeightAverage:
@@ -44,7 +46,7 @@ class WeightAverage:
 
     Why: late in a quantization-aware stage single steps flip codes back and forth and validation
     wanders within noise; the average of the latent weights sits in the middle of that walk.
-    ``swapped_in`` lends the averaged weights to the model (to validate, or to keep them as the best state).
+    ``swapped_in`` lends the averaged weights to the model (to validate, or to keep them).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
@@ -83,6 +85,7 @@ class EpochRecord:
     seconds: float
     valid: dict[str, float] = field(default_factory=dict)
     lr: float | None = None  # the learning rate this epoch trained with
+    kept: bool = False  # the state the stage ended with (its selected epoch)
 
 
 def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Tensor,
@@ -124,20 +127,24 @@ def train_epoch(model: LightGCN, optimizer: torch.optim.Optimizer, adjacency: Te
 
 
 class StageRun:
-    """One training stage, advanced a few epochs at a time; ``finish`` leaves the model at its best state.
+    """One training stage, advanced a few epochs at a time; ``finish`` leaves the model at its kept state.
 
     Why a class: the default recipe races candidate variants of the quantization-aware stage a round of epochs at
     a time and lets the winner go on where its race ended, rather than training it again from the start.
-    The best state is chosen on the validation split only (``validate`` scores the served vectors); the test split
-    is never looked at here. The starting state (epoch 0) is a candidate too, so a warm-started stage can never
-    end worse on validation than where it began. With ``settings.ema`` the averaged weights are what is
-    validated and kept; training continues from the raw ones. ``lr_scales`` multiplies the learning rate of the
-    named parameters (e.g. ``{"quantizer.theta": 0.1}``). ``after_epoch(epoch)``, if given, runs after each
-    epoch's training, before its validation. ``started`` is the ``time.perf_counter()`` from which
-    ``settings.max_seconds`` counts (default: now), so that racing runs share one budget.
+    The state kept is chosen on the validation split only (``validate`` scores the served vectors); the test split
+    is never looked at here. With ``settings.select_window`` w > 1 it is the state that ends the w consecutive
+    validations of best mean score, so that one validation's luck cannot choose it; early stopping, the rate's
+    halving and ``best_score`` (the race's ranking) still follow single validations. The starting state (epoch 0)
+    is a candidate too, and no state scoring below it is kept, so a warm-started stage can never end worse on
+    validation than where it began. With
+    ``settings.ema`` the averaged weights are what is validated and kept; training continues from the raw ones.
+    ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
+    ``after_epoch(epoch)``, if given, runs after each epoch's training, before its validation. ``started`` is the
+    ``time.perf_counter()`` from which ``settings.max_seconds`` counts (default: now), so that racing runs share
+    one budget.
     With several ranks (``cluster``) every rank runs the stage alike; rank 0 alone runs ``validate`` and keeps the
     clock, and broadcasts the score and the time-budget verdict, so every rank takes the same decisions (stop,
-    learning rate, best state) and ends at the same state. Only rank 0's history carries the validation scores.
+    learning rate, kept state) and ends at the same state. Only rank 0's history carries the validation scores.
     """
 
     def __init__(self, model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: NegativeSampler,
@@ -156,7 +163,10 @@ class StageRun:
         start = validate() if cluster.is_main else {}
         self.history = [EpochRecord(stage, 0, None, 0.0, start)]
         (self.best_score,) = cluster.decide(start[settings.metric] if cluster.is_main else 0.0)
-        self.best_state, self.waited, self.ended = copy.deepcopy(model.state_dict()), 0, False
+        self.start_score = self.best_score
+        self.recent = deque([self.best_score], maxlen=settings.select_window)  # the last validations' scores
+        self.kept_score, self.kept_epoch, self.kept_state = self.best_score, 0, copy.deepcopy(model.state_dict())
+        self.waited, self.ended = 0, False
         self.deadline = None if settings.max_seconds is None else (
             (time.perf_counter() if started is None else started) + settings.max_seconds)
         self.average = None if settings.ema is None else WeightAverage(model, settings.ema)
@@ -199,9 +209,14 @@ class StageRun:
             record.valid = self.validate() if cluster.is_main else {}
             (score,) = cluster.decide(record.valid[settings.metric] if cluster.is_main else 0.0)
             if score > self.best_score:
-                self.best_score, self.best_state, self.waited = score, copy.deepcopy(self.model.state_dict()), 0
+                self.best_score, self.waited = score, 0
             else:
                 self.waited += 1
+            self.recent.append(score)
+            window = sum(self.recent) / len(self.recent)
+            if len(self.recent) == self.recent.maxlen and window > self.kept_score and score > self.start_score:
+                self.kept_score, self.kept_epoch = window, record.epoch
+                self.kept_state = copy.deepcopy(self.model.state_dict())
         if self.plateau is not None:
             self.plateau.step(score)
         self.bar.set_postfix(loss=f"{record.loss:.4f}", **{settings.metric: f"{score:.4f}"})
@@ -209,9 +224,10 @@ class StageRun:
                  record.loss, settings.metric, score, record.seconds, record.lr)
 
     def finish(self) -> list[EpochRecord]:
-        """Leave the model at its best validation state; returns the stage's history."""
+        """Leave the model at its kept state (marked ``kept`` in the history); returns the stage's history."""
         self.bar.close()
-        self.model.load_state_dict(self.best_state)
+        self.model.load_state_dict(self.kept_state)
+        next(r for r in self.history if r.epoch == self.kept_epoch).kept = True
         return self.history
 
 
@@ -220,8 +236,8 @@ def fit(model: LightGCN, adjacency: Tensor, pairs: np.ndarray, sampler: Negative
         rng: np.random.Generator, progress: bool = True,
         extra_loss: ExtraLoss | None = None, lr_scales: dict[str, float] | None = None,
         after_epoch: Callable[[int], None] | None = None, cluster: Cluster | None = None) -> list[EpochRecord]:
-    """Train until ``settings.epochs`` or early stop (a ``StageRun`` run to its end); leaves ``model`` at its best
-    validation state and returns the history."""
+    """Train until ``settings.epochs`` or early stop (a ``StageRun`` run to its end); leaves ``model`` at its kept
+    state and returns the history."""
     run = StageRun(model, adjacency, pairs, sampler, validate, settings, stage=stage, rng=rng, progress=progress,
                    extra_loss=extra_loss, lr_scales=lr_scales, after_epoch=after_epoch, cluster=cluster)
     run.advance(settings.epochs)
