@@ -22,7 +22,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from cli.main import config_of  # noqa: E402
 from contracts.artifact import read_artifact  # noqa: E402
-from training.config import TrainConfig, as_requested, upgrade_flat  # noqa: E402
+from training.config import TrainConfig, as_requested, as_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -254,18 +254,19 @@ def _still_valid(record: dict, command: list[str]) -> bool:
     """Whether a recorded row is what ``command`` would train today: same command, same settings, and the same
     settings derived from the data.
 
-    A setting added after the record was written matches when it is at its default (new settings default to
-    the behaviour before them); GNAQ's own settings are not compared for other methods' rows, nor where a row
-    was written. Records in the flat form of earlier versions are read in today's sections. Records written
-    before rows carried their settings, or what the recipe derived from the data, are never kept: the config
-    file their command names, or the recipe's rules (its quantization-aware rate, say), may have changed since,
-    and nothing recorded says.
+    A setting added after the record was written matches when it is at the value the record ran with: its
+    default, as new settings default to the behaviour before them, except those that changed it
+    (``RAN_BEFORE_THEY_EXISTED``: the quantization-aware stage's ``select_window``, 1 before it existed).
+    GNAQ's own settings are not compared for other methods' rows, nor where a row was written. Records in the
+    flat form of earlier versions are read in today's sections. Records written before rows carried their
+    settings, or what the recipe derived from the data, are never kept: the config file their command names, or
+    the recipe's rules (its quantization-aware rate, say), may have changed since, and nothing recorded says.
     """
     if record["command"] != " ".join(command) or not {"config", "derived", "data"} <= record.keys():
         return False
     expected = config_of(command[2:])
     try:
-        recorded = TrainConfig(**upgrade_flat(record["config"]))
+        recorded = TrainConfig(**as_run(record["config"]))
     except ValidationError:  # a setting that no longer exists
         return False
     ignored = {"model_dir", "version", "publish", "progress"} | ({"gnaq"} if expected.method != "gnaq" else set())

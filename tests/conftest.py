@@ -54,11 +54,12 @@ def redis_url():
 
 def flat_config(config: dict) -> dict:
     """A nested ``TrainConfig`` dump in the flat form of releases before the sections (``qat_lr``, ``clip``);
-    settings added since (``distill.candidates``) are left out, as those releases never wrote them."""
+    settings added since (``distill.candidates``, ``qat.select_window``) are left out, as those releases never wrote
+    them."""
     out = {k: v for k, v in config.items() if not isinstance(v, dict)}
     out.update(config["bpr"])
     out.update({k: v for k, v in config["fp32"].items() if k != "ema"})
-    out.update({f"qat_{k}": v for k, v in config["qat"].items() if k != "patience"})
+    out.update({f"qat_{k}": v for k, v in config["qat"].items() if k not in ("patience", "select_window")})
     out.update(config["gnaq"])
     out.update(distill=config["distill"]["weight"],
                **{f"distill_{k}": v for k, v in config["distill"].items() if k not in ("weight", "candidates")})

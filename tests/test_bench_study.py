@@ -105,12 +105,15 @@ def _record(command: list[str], config: dict) -> dict:
             "derived": config_of(command[2:]).for_data(**ML_100K_FIT)[1]}
 
 
-def test_a_setting_added_after_a_record_matches_only_at_its_default(tmp_path):
-    command = row_command("ml-100k", dict(ROWS)["gnaq-2bit"], 0, tmp_path, "gnaq-2bit", None)
+def test_a_setting_added_after_a_record_matches_only_at_the_value_it_ran_with(tmp_path):
+    today = row_command("ml-100k", dict(ROWS)["gnaq-2bit"], 0, tmp_path, "gnaq-2bit", None)
+    assert _still_valid(_record(today, config_of(today[2:]).model_dump(mode="json")), today)
+    # Records predating the quantization-aware select_window ran with 1, not today's default 3.
+    command = [*today, "--qat-select-window", "1"]
     config = config_of(command[2:]).model_dump(mode="json")
-    assert _still_valid(_record(command, config), command)
     older = _record(command, {k: v for k, v in flat_config(config).items() if k != "center"})
     assert _still_valid(older, command)  # a flat record, before --center existed: its default is what ran
+    assert not _still_valid({**older, "command": " ".join(today)}, today)
     centred = [*command, "--center"]
     assert not _still_valid({**older, "command": " ".join(centred)}, centred)
     assert not _still_valid(_record(command, {**flat_config(config), "clip": 0.5}), command)
