@@ -136,8 +136,8 @@ class StageRun:
     validations of best mean score, so that one validation's luck cannot choose it; early stopping, the rate's
     halving and ``best_score`` (the race's ranking) still follow single validations. The starting state (epoch 0)
     is a candidate too, and no state scoring below it is kept, so a warm-started stage can never end worse on
-    validation than where it began. With
-    ``settings.ema`` the averaged weights are what is validated and kept; training continues from the raw ones.
+    validation than where it began. With ``settings.ema`` the averaged weights are what is validated and kept;
+    training continues from the raw ones.
     ``lr_scales`` multiplies the learning rate of the named parameters (e.g. ``{"quantizer.theta": 0.1}``).
     ``after_epoch(epoch)``, if given, runs after each epoch's training, before its validation. ``started`` is the
     ``time.perf_counter()`` from which ``settings.max_seconds`` counts (default: now), so that racing runs share
