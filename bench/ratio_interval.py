@@ -25,15 +25,7 @@ import numpy as np
 from contracts.artifact import ArtifactError, read_artifact
 from contracts.versions import version_dir
 from training.config import TrainConfig
-from training.pipeline import (
-    WARM_START_DIR,
-    load_data,
-    prepare,
-    served_tables,
-    train_full_precision,
-    user_scores,
-    warm_start_name,
-)
+from training.pipeline import load_data, prepare, served_tables, train_full_precision, user_scores, warm_start_path
 from training.quality_gate import ratio_interval
 
 
@@ -51,8 +43,7 @@ def paired_test_scores(version: Path, metric: str, data_dir: str | None = None) 
     known = [f"{name}@{k}" for k in config.ks for name in ("recall", "ndcg")]
     if metric not in known:
         raise SystemExit(f"--metric {metric!r} is not one of this version's cut-offs: {', '.join(known)}")
-    cache = version.parent / WARM_START_DIR / warm_start_name(info.dataset.fingerprint, config,
-                                                               info.training.world_size)
+    cache = warm_start_path(config, info.dataset.fingerprint, info.training.world_size)
     if not cache.exists():
         raise SystemExit(f"{cache} is gone: the fp32 warm start of {version.name} is needed for the paired "
                          f"scores (it is pruned with the versions trained from it)")

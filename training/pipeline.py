@@ -193,9 +193,9 @@ def warm_start_name(fingerprint: str, config: TrainConfig, world_size: int = 1) 
     return f"fp32-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
-def _fp32_cache_path(ws: Workspace) -> Path:
-    return ws.config.resolved_model_dir() / WARM_START_DIR / warm_start_name(ws.data.fingerprint(), ws.config,
-                                                                             ws.cluster.world_size)
+def warm_start_path(config: TrainConfig, fingerprint: str, world_size: int = 1) -> Path:
+    """Where the fp32 warm start of ``config`` on the data ``fingerprint`` is cached: ``<model dir>/.cache/<name>``."""
+    return config.resolved_model_dir() / WARM_START_DIR / warm_start_name(fingerprint, config, world_size)
 
 
 def _rngs(ws: Workspace, seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -212,7 +212,7 @@ def train_full_precision(ws: Workspace) -> tuple[LightGCN, list[EpochRecord]]:
     """
     c, data, cluster = ws.config, ws.data, ws.cluster
     model = LightGCN(data.n_users, data.n_items, c.dim, c.layers).to(ws.device)
-    cache = _fp32_cache_path(ws)
+    cache = warm_start_path(c, data.fingerprint(), cluster.world_size)
     (cached,) = cluster.decide(float(cluster.is_main and cache.exists()))
     if cached:
         history = []
@@ -406,11 +406,12 @@ def _selected(history: list[EpochRecord], config: TrainConfig) -> dict[str, int]
     selected: dict[str, int] = {}
     for stage in dict.fromkeys(r.stage for r in history):
         records = [r for r in history if r.stage == stage]
-        kept = [r.epoch for r in records if r.kept]
-        validated = [r for r in records if r.valid]
-        best = max(r.valid[config.selection_metric] for r in validated)
-        selected[stage] = kept[0] if kept else next(r.epoch for r in validated
-                                                    if r.valid[config.selection_metric] == best)
+        kept = next((r.epoch for r in records if r.kept), None)
+        if kept is None:
+            validated = [r for r in records if r.valid]
+            best = max(r.valid[config.selection_metric] for r in validated)
+            kept = next(r.epoch for r in validated if r.valid[config.selection_metric] == best)
+        selected[stage] = kept
     return selected
 
 
