@@ -28,11 +28,35 @@ from torch import Tensor
 
 from model.lightgcn import gather_rows
 
-_SCORING_ROWS = 1024  # users scored at a time when the teacher's top items are found
+_SCORING_ROWS = 1024  # users scored at a time when the teacher's top items or its whole ranking are found
 _EXCLUDED = -1e9  # logit of an excluded item in both softmaxes: zero probability, zero KL contribution
 # A sampled softmax keeps each user's teacher top items, at most this many (at most half the candidates): on
 # Gowalla the fp32 teacher's top 64 items hold 76% of its probability mass (top 512: 88%, at 8x the gather cost).
 TOP_ITEMS = 64
+# The exact softmax keeps every user's teacher distribution in memory when it takes at most this many bytes
+# (MovieLens-1M: 90 MB): the teacher is fixed, so scoring its side again at each step only repeats work.
+TEACHER_CACHE_BYTES = 512 * 2**20
+
+
+class _SoftTargetCrossEntropy(torch.autograd.Function):
+    """Mean over rows of ``KL(p || softmax(logits))`` for fixed teacher probabilities ``p``, in one pass each way.
+
+    ``KL = sum p log p - sum p * logits + logsumexp(logits)`` (``p`` sums to 1 per row), and its gradient is
+    ``softmax(logits) - p``: written out, instead of autograd's chain through log_softmax, exp and the product, it
+    reads the ``(users, items)`` matrices a third as often, which is most of the distillation's cost.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, p: Tensor, entropy: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, dim=1, keepdim=True)
+        ctx.save_for_backward(logits, lse, p)
+        return (entropy - (p * logits).sum(dim=1) + lse.squeeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, lse, p = ctx.saved_tensors
+        student = (logits - lse).exp_()
+        return student.sub_(p).mul_(grad / len(p)), None, None
 
 
 class ListwiseDistillation:
@@ -65,6 +89,9 @@ class ListwiseDistillation:
             self.sample_size = candidates - self.top_count
             self.correction = math.log(self.n_items / self.sample_size)
             self.top_items, self.top_excluded = self._teacher_top()
+        self.cached = None
+        if not self.sampled and n_users * self.n_items * 4 <= TEACHER_CACHE_BYTES:
+            self.cached = self._teacher_targets()
         self.seed = seed
         self._reseed()
 
@@ -91,8 +118,9 @@ class ListwiseDistillation:
         return row, items[starts[row] + within]
 
     def _logits(self, embeddings: Tensor, users: Tensor) -> Tensor:
-        """``users`` x every item scores over the temperature, excluded cells masked."""
-        logits = gather_rows(embeddings, users) @ embeddings[self.n_users:].T / self.temperature
+        """``users`` x every item scores over the temperature (applied to the user rows: the smaller side), excluded
+        cells masked."""
+        logits = (gather_rows(embeddings, users) / self.temperature) @ embeddings[self.n_users:].T
         cells = self._excluded_cells(users)
         if cells is None:
             return logits
@@ -111,6 +139,14 @@ class ListwiseDistillation:
             excluded.append(top.values <= _EXCLUDED)
         return torch.cat(items), torch.cat(excluded)
 
+    @torch.no_grad()
+    def _teacher_targets(self) -> tuple[Tensor, Tensor]:
+        """Every user's teacher probabilities over every item and their ``sum p log p``, found once."""
+        chunks = [_targets(self._logits(self.teacher, torch.arange(
+            start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)))
+            for start in range(0, self.n_users, _SCORING_ROWS)]
+        return torch.cat([p for p, _ in chunks]), torch.cat([e for _, e in chunks])
+
     def _sample_masked(self, users: Tensor, top_items: Tensor, sample: Tensor) -> Tensor:
         """``(users, sample)`` mask of the sampled items left out of each user's softmax: those among the user's
         top items (already in it) and the excluded ones. Built once a step, for teacher and student alike."""
@@ -127,37 +163,46 @@ class ListwiseDistillation:
         return masked
 
     def _sampled(self, final: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
-        """(teacher, student) log-softmax over each user's teacher top items, then the step's sample."""
+        """(teacher targets, student logits) over each user's teacher top items, then the step's sample."""
         sample = torch.randperm(self.n_items, generator=self.generator, device=self.generator.device)
         sample = sample[: self.sample_size].to(final.device)
         top_items = self.top_items[users].long()
         masked = self._sample_masked(users, top_items, sample)
         excluded = self.top_excluded[users]
 
-        def log_softmax(embeddings: Tensor) -> Tensor:
-            user = gather_rows(embeddings, users)
+        def logits(embeddings: Tensor) -> Tensor:
+            user = gather_rows(embeddings, users) / self.temperature
             top = (user.unsqueeze(1) * gather_rows(embeddings, top_items + self.n_users)).sum(2)
             rest = user @ gather_rows(embeddings, sample + self.n_users).T
-            top = (top / self.temperature).masked_fill(excluded, _EXCLUDED)
-            rest = (rest / self.temperature + self.correction).masked_fill(masked, _EXCLUDED)
-            return torch.log_softmax(torch.cat([top, rest], dim=1), dim=1)
+            top = top.masked_fill(excluded, _EXCLUDED)
+            rest = (rest + self.correction).masked_fill(masked, _EXCLUDED)
+            return torch.cat([top, rest], dim=1)
 
         with torch.no_grad():
-            target = log_softmax(self.teacher)
-        return target, log_softmax(final)
+            target = _targets(logits(self.teacher))
+        return target, logits(final)
 
     def __call__(self, final: Tensor, users: Tensor) -> Tensor:
         """The loss term for the student's served embeddings ``final`` and the batch's ``users``."""
         chosen = users[: self.users_per_step]
         if self.sampled:
-            target, student = self._sampled(final, chosen)
+            (p, entropy), student = self._sampled(final, chosen)
         else:
-            with torch.no_grad():
-                target = torch.log_softmax(self._logits(self.teacher, chosen), dim=1)
-            student = torch.log_softmax(self._logits(final, chosen), dim=1)
-        kl = (target.exp() * (target - student)).sum(dim=1).mean()
+            if self.cached is not None:
+                p, entropy = (part[chosen] for part in self.cached)
+            else:
+                with torch.no_grad():
+                    p, entropy = _targets(self._logits(self.teacher, chosen))
+            student = self._logits(final, chosen)
         t = self.temperature
-        return self.weight * t * t * kl
+        return self.weight * t * t * _SoftTargetCrossEntropy.apply(student, p, entropy)
+
+
+def _targets(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's side of the loss for its ``logits``: probabilities and each row's ``sum p log p``."""
+    log_p = torch.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    return p, (p * log_p).sum(dim=1)
 
 
 def _rows(pairs: Tensor, n_users: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.quantizers import DEFAULT_CLIP, encode_stored, gaussian_grid
+from model.quantizers import DEFAULT_CLIP, encode_stored, gaussian_grid, row_statistics
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
 
 # Bits of the rows the service requantizes for users who interacted after training. A user row is a query, never
@@ -59,7 +59,7 @@ def requantize(vector: np.ndarray, *, bits: int, clip: float, dim_scale: np.ndar
     g16 = None if dim_scale is None else np.asarray(dim_scale, dtype=np.float16)
     if g16 is not None:
         x = x / torch.from_numpy(g16.astype(np.float32))
-    mean, std = x.mean(dim=1, keepdim=True), x.std(dim=1, unbiased=False, keepdim=True)
+    mean, std = row_statistics(x)
     if theta is not None:
         rho, delta = (float(t) for t in np.asarray(theta, dtype=np.float32))
         mean, std = mean + std.clamp_min(1e-8) * delta, std * float(np.exp(rho))

@@ -71,8 +71,8 @@ class _GraphRelationAwareRound(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         residual, influence = ctx.saved_tensors
-        rms = grad.pow(2).mean(dim=1, keepdim=True).sqrt()
-        return grad + ctx.eta * influence * rms * residual, None, None
+        rms = torch.linalg.vector_norm(grad, dim=1, keepdim=True) / math.sqrt(grad.shape[1])
+        return torch.addcmul(grad, residual, ctx.eta * influence * rms), None, None
 
 
 DEFAULT_CLIP = 0.8  # GNAQ's grid step as a multiple of the Gaussian MSE-optimal one: training and fold-in
@@ -82,6 +82,16 @@ def gaussian_grid(mean: Tensor, std: Tensor, bits: int, clip: float) -> tuple[Te
     """``(scale, offset)`` of a 2^b-level grid centred on ``mean`` with step ``clip * c_b * std``."""
     scale = clip * GAUSSIAN_STEP[bits] * std.clamp_min(1e-8)
     return scale, mean - scale * (2**bits - 1) / 2
+
+
+def row_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's mean and population standard deviation, ``(N, 1)`` each.
+
+    Written as the norm of the deviations: the same two-pass value as ``Tensor.std``, whose reduction over short
+    rows is several times slower on CPU (a third of a GNAQ quantizer step on Gowalla's 71k nodes).
+    """
+    mean = x.mean(dim=1, keepdim=True)
+    return mean, torch.linalg.vector_norm(x - mean, dim=1, keepdim=True) / math.sqrt(x.shape[1])
 
 
 def encode_stored(x: Tensor, scale: Tensor, offset: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -233,7 +243,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
     def _statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of each node's own values (or of its whole table)."""
         if self.per_node:
-            return z.mean(dim=1, keepdim=True), z.std(dim=1, unbiased=False, keepdim=True)
+            return row_statistics(z)
         mean = _per_table(z, self.n_users, lambda t: t.mean().view(1, 1))
         std = _per_table(z, self.n_users, lambda t: t.std(unbiased=False).view(1, 1))
         return mean, std

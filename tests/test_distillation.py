@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cli.main import main
+from model import distillation
 from model.distillation import ListwiseDistillation
 from tests.conftest import FAST
 from training.config import GNAQ_DISTILL, TrainConfig
@@ -17,7 +18,7 @@ TEACHER = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0], [1.0, 1.
 def test_the_loss_is_the_kl_divergence_of_the_two_rankings_and_zero_for_the_teacher_itself():
     distil = ListwiseDistillation(TEACHER, n_users=2, weight=3.0, temperature=2.0)
     users = torch.tensor([0, 1])
-    assert distil(TEACHER.clone(), users).item() == pytest.approx(0.0, abs=1e-7)
+    assert distil(TEACHER.clone(), users).item() == pytest.approx(0.0, abs=1e-6)
 
     student = TEACHER.clone()
     student[2:] = student[2:].flip(0)  # the items' order reversed
@@ -25,7 +26,7 @@ def test_the_loss_is_the_kl_divergence_of_the_two_rankings_and_zero_for_the_teac
     s = student[:2] @ student[2:].T / 2.0
     p = torch.softmax(t, dim=1)
     expected = 3.0 * 4.0 * (p * (p.log() - torch.log_softmax(s, dim=1))).sum(1).mean()
-    assert distil(student, users).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distil(student, users).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_the_gradient_raises_the_student_score_of_the_teachers_favourite():
@@ -38,11 +39,44 @@ def test_the_gradient_raises_the_student_score_of_the_teachers_favourite():
     assert torch.all(student.grad[1] == 0)  # user 1 was not in the sampled users
 
 
+def test_the_gradient_is_autograds_through_log_softmax():
+    # The loss's own backward (softmax minus the teacher's probabilities) against the formula differentiated by
+    # autograd, in double precision.
+    teacher, student, _ = _catalogue(n_users=6, n_items=30)
+    teacher, student = teacher.double(), student.double().requires_grad_(True)
+    users = torch.tensor([4, 0, 5])
+    ListwiseDistillation(teacher, 6, weight=2.0, temperature=1.5)(student, users).backward()
+    reference = student.detach().clone().requires_grad_(True)
+    t = teacher[users] @ teacher[6:].T / 1.5
+    s = reference[users] @ reference[6:].T / 1.5
+    p = torch.softmax(t, dim=1)
+    (2.0 * 1.5**2 * (p * (p.log() - torch.log_softmax(s, dim=1))).sum(1).mean()).backward()
+    assert torch.allclose(student.grad, reference.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_teachers_ranking_is_kept_when_it_fits_and_scored_each_step_when_not(monkeypatch):
+    teacher, student, pairs = _catalogue()
+    users = torch.tensor([3, 17, 0, 39])
+    kept = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs)
+    monkeypatch.setattr(distillation, "TEACHER_CACHE_BYTES", 40 * 600 * 4 - 1)
+    scored = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs)
+    assert kept.cached is not None and scored.cached is None
+    losses = []
+    for distil in (kept, scored):
+        s = student.clone().requires_grad_(True)
+        loss = distil(s, users)
+        loss.backward()
+        losses.append((loss, s.grad))
+    # The same scores, found for a block of users at once or for the step's: equal up to the matrix product's rounding.
+    assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-6)
+    assert torch.allclose(losses[0][1], losses[1][1], rtol=1e-5, atol=1e-9)
+
+
 def test_only_the_first_users_of_the_batch_are_distilled():
     distil = ListwiseDistillation(TEACHER, n_users=2, weight=1.0, users_per_step=1)
     student = TEACHER.clone()
     student[1] = -student[1]  # only user 1 differs from the teacher
-    assert distil(student, torch.tensor([0, 1])).item() == pytest.approx(0.0, abs=1e-7)
+    assert distil(student, torch.tensor([0, 1])).item() == pytest.approx(0.0, abs=1e-6)
     assert distil(student, torch.tensor([1, 0])).item() > 0
 
 
@@ -54,11 +88,11 @@ def test_excluded_items_leave_both_softmaxes():
     t, s = TEACHER[:1] @ TEACHER[3:].T, student[:1] @ student[3:].T  # user 0 over items 1 and 2
     p = torch.softmax(t, dim=1)
     expected = (p * (p.log() - torch.log_softmax(s, dim=1))).sum() / 2  # user 1 has one item left: KL 0
-    assert distil(student, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distil(student, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-5)
 
     moved = student.clone()
     moved[2] = torch.tensor([-5.0, 7.0])  # item 0: excluded for user 0, and user 1's only item left
-    assert distil(moved, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distil(moved, torch.tensor([0, 1])).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [{"weight": 0.0}, {"weight": 1.0, "temperature": 0.0},
