@@ -30,6 +30,8 @@ from training.config import TrainConfig
 from training.trainer import train_epoch
 
 QUANTIZATION_AWARE = ("gnaq", "lsq", "n2uq", "bigear")
+# gnaq train flags that mean nothing here: refused rather than ignored.
+UNUSED_FLAGS = ("--method", "--nproc", "--dist-timeout", "--version", "--publish")
 VARIANT_PARTS = {"c": "center", "trk": "track_stats", "rel": "relative_refinement"}
 
 
@@ -76,13 +78,17 @@ def step_times(ws: pipeline.Workspace, steps: int) -> tuple[list[float], bool]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method (default: 10)")
     parser.add_argument("--methods", nargs="+", default=["lsq", "gnaq:c+trk", "gnaq:c+rel"],
                         help="methods to time; the first is the reference of the ratios")
     args, train_args = parser.parse_known_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
+    unused = [flag for flag in (arg.split("=")[0] for arg in train_args) if flag in UNUSED_FLAGS]
+    if unused:
+        parser.error(f"{', '.join(unused)}: not used here (--methods names the methods; this benchmark runs one "
+                     f"process and writes no version)")
     config = config_of([*train_args, "--no-progress"])
     try:
         configs = [method_config(config, method) for method in args.methods]

@@ -20,7 +20,7 @@ def test_each_method_is_timed_from_the_cached_warm_start_and_compared_with_the_f
     assert capsys.readouterr().out.splitlines()[2].endswith("fp32 warm start")
 
 
-def test_a_variant_sets_every_switch_and_unknown_methods_are_refused(capsys):
+def test_a_variant_sets_every_switch_and_unknown_methods_and_unused_flags_are_refused(capsys):
     config = method_config(config_of(FAST), "gnaq:c+trk")
     assert (config.method, config.gnaq.center, config.gnaq.track_stats, config.gnaq.relative_refinement) == \
         ("gnaq", True, True, False)
@@ -28,3 +28,6 @@ def test_a_variant_sets_every_switch_and_unknown_methods_are_refused(capsys):
         with pytest.raises(SystemExit):
             qat_step_main(["--methods", method, *FAST])
         assert repr(method) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qat_step_main(["--method", "lsq", *FAST])  # --methods names them: a gnaq train --method would be ignored
+    assert "--method: not used here" in capsys.readouterr().err
