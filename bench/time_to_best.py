@@ -36,6 +36,8 @@ def stage_summary(version: Path, within: float) -> dict:
         seconds += record["seconds"]
         if record["valid"] and record["epoch"] > 0:
             curve.append((record["epoch"], seconds, record["valid"][metric]))
+    if not curve:
+        raise ValueError(f"{version}: no quantization-aware epoch was validated")
     best = max(curve, key=lambda point: point[2])
     close = next(point for point in curve if point[2] >= best[2] - within)
     return {"stage": records[0]["stage"], "metric": metric, "epochs": records[-1]["epoch"], "race": race,

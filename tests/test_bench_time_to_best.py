@@ -30,3 +30,15 @@ def test_a_missing_version_is_refused_with_its_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         time_to_best_main([str(tmp_path / "missing")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_stage_without_a_validated_epoch_is_refused(model_dir, capsys):
+    version = version_dir(model_dir)
+    history = json.loads((version / "history.json").read_text())
+    for record in history:
+        if record["stage"] != "fp32" and record["epoch"] > 0:
+            record["valid"] = {}
+    (version / "history.json").write_text(json.dumps(history))
+    with pytest.raises(SystemExit):
+        time_to_best_main([str(version)])
+    assert "no quantization-aware epoch was validated" in capsys.readouterr().err
