@@ -87,18 +87,24 @@ def race_seconds(choices: dict) -> float:
     return sum(t.get("seconds", 0.0) for t in trials) - won.get("seconds", 0.0)
 
 
-def _valid_curve(history: list[dict], stage_prefix: str, start: float = 0.0) -> list[list[float]]:
-    """(cumulative training seconds from ``start``, validation Recall@20) of the stage whose name starts with the
-    prefix."""
-    seconds, points = start, [[], []]  # lists, as they read back from the JSON
+def valid_points(history: list[dict], stage_prefix: str, start: float = 0.0,
+                 metric: str = "recall@20") -> list[tuple[int, float, float]]:
+    """(epoch, cumulative training seconds from ``start``, validation ``metric``) at each validated epoch of the
+    stage whose name starts with the prefix."""
+    seconds, points = start, []
     for record in history:
         if not record["stage"].startswith(stage_prefix):
             continue
         seconds += record["seconds"]
         if record["valid"]:
-            points[0].append(seconds)
-            points[1].append(record["valid"]["recall@20"])
+            points.append((record["epoch"], seconds, record["valid"][metric]))
     return points
+
+
+def _valid_curve(history: list[dict], stage_prefix: str, start: float = 0.0) -> list[list[float]]:
+    """``valid_points``' seconds and validation Recall@20 as two lists, as they read back from the JSON."""
+    points = valid_points(history, stage_prefix, start)
+    return [[seconds for _, seconds, _ in points], [score for _, _, score in points]]
 
 
 def time_to_same_accuracy(rows: list[dict], seed: int, versions: tuple[str, str]) -> dict | None:

@@ -17,30 +17,29 @@ import statistics
 import sys
 from pathlib import Path
 
-from report import race_seconds
+from report import race_seconds, valid_points
 
 from contracts.artifact import ArtifactError, read_manifest
+from training.config import TrainConfig
 
 
 def stage_summary(version: Path, within: float) -> dict:
     """Epochs, median seconds an epoch, best validation (epoch) and the seconds to it of ``version``'s
     quantization-aware stage."""
     manifest = read_manifest(version)
-    metric = f"recall@{max(manifest.config['ks'])}"
-    records = [r for r in json.loads((version / "history.json").read_text()) if r["stage"] != "fp32"]
-    if not records:
+    if manifest.method in ("fp32", "ptq"):
         raise ValueError(f"{version} has no quantization-aware stage (fp32 or PTQ)")
+    metric = TrainConfig.from_manifest(manifest).selection_metric
+    stage = f"{manifest.method}-{manifest.bits}bit"
+    history = json.loads((version / "history.json").read_text())
+    records = [r for r in history if r["stage"] == stage]
     race = race_seconds(manifest.training.choices)
-    seconds, curve = race, []
-    for record in records:
-        seconds += record["seconds"]
-        if record["valid"] and record["epoch"] > 0:
-            curve.append((record["epoch"], seconds, record["valid"][metric]))
+    curve = [point for point in valid_points(history, stage, race, metric) if point[0] > 0]
     if not curve:
         raise ValueError(f"{version}: no quantization-aware epoch was validated")
     best = max(curve, key=lambda point: point[2])
     close = next(point for point in curve if point[2] >= best[2] - within)
-    return {"stage": records[0]["stage"], "metric": metric, "epochs": records[-1]["epoch"], "race": race,
+    return {"stage": stage, "metric": metric, "epochs": records[-1]["epoch"], "race": race,
             "epoch_seconds": statistics.median(r["seconds"] for r in records if r["epoch"] > 0),
             "best": best, "close": close}
 

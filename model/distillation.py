@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -126,26 +127,32 @@ class ListwiseDistillation:
             return logits
         return logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
 
+    def _teacher_blocks(self) -> Iterator[Tensor]:
+        """The teacher's logits for every user over every item, ``_SCORING_ROWS`` users at a time."""
+        for start in range(0, self.n_users, _SCORING_ROWS):
+            users = torch.arange(start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)
+            yield self._logits(self.teacher, users)
+
     @torch.no_grad()
     def _teacher_top(self) -> tuple[Tensor, Tensor]:
         """Every user's ``top_count`` items of highest teacher score, ``(n_users, top_count)`` int32, and which of
         them are excluded (a user with fewer other items). Found once: the teacher is fixed, and scoring every
         item each step would cost what sampling saves."""
-        items, excluded = [], []
-        for start in range(0, self.n_users, _SCORING_ROWS):
-            users = torch.arange(start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)
-            top = torch.topk(self._logits(self.teacher, users), self.top_count, dim=1)
-            items.append(top.indices.int())
-            excluded.append(top.values <= _EXCLUDED)
-        return torch.cat(items), torch.cat(excluded)
+        tops = [torch.topk(logits, self.top_count, dim=1) for logits in self._teacher_blocks()]
+        return torch.cat([top.indices.int() for top in tops]), torch.cat([top.values <= _EXCLUDED for top in tops])
 
     @torch.no_grad()
     def _teacher_targets(self) -> tuple[Tensor, Tensor]:
         """Every user's teacher probabilities over every item and their ``sum p log p``, found once."""
-        chunks = [_targets(self._logits(self.teacher, torch.arange(
-            start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)))
-            for start in range(0, self.n_users, _SCORING_ROWS)]
+        chunks = [_targets(logits) for logits in self._teacher_blocks()]
         return torch.cat([p for p, _ in chunks]), torch.cat([e for _, e in chunks])
+
+    @torch.no_grad()
+    def _exact_targets(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """The teacher's side of the exact softmax for ``users``: kept from the start when it fit, else scored."""
+        if self.cached is not None:
+            return self.cached[0][users], self.cached[1][users]
+        return _targets(self._logits(self.teacher, users))
 
     def _sample_masked(self, users: Tensor, top_items: Tensor, sample: Tensor) -> Tensor:
         """``(users, sample)`` mask of the sampled items left out of each user's softmax: those among the user's
@@ -188,11 +195,7 @@ class ListwiseDistillation:
         if self.sampled:
             (p, entropy), student = self._sampled(final, chosen)
         else:
-            if self.cached is not None:
-                p, entropy = (part[chosen] for part in self.cached)
-            else:
-                with torch.no_grad():
-                    p, entropy = _targets(self._logits(self.teacher, chosen))
+            p, entropy = self._exact_targets(chosen)
             student = self._logits(final, chosen)
         t = self.temperature
         return self.weight * t * t * _SoftTargetCrossEntropy.apply(student, p, entropy)
