@@ -145,7 +145,8 @@ def main() -> None:
                         help="NODES:DIM of one more run per method, so the fit can tell edges from N*d")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--distill-users", type=int, default=256, help="GNAQ's [distill] users (Gowalla's)")
+    parser.add_argument("--distill-users", type=int, default=256, help="GNAQ's [distill] users per step "
+                        "(BENCHMARKS.md's memory table: 256)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/train-memory.json"))
     parser.add_argument("--merge", type=Path, nargs="+", help="no runs: the rows of these earlier --out files, "

@@ -39,8 +39,10 @@ def test_unset_settings_are_derived_from_the_data_and_reported():
     assert derived == {"bpr.batch_size": 2048, "fp32.lr": 5e-3, "qat.lr": 2e-2, "distill.users": 1024}
     config, derived = TrainConfig(bpr={"batch_size": 4096}).for_data(730_000, 40_981)
     assert config.bpr.batch_size == 4096 and "bpr.batch_size" not in derived
-    gowalla = TrainConfig().for_data(730_000, 40_981)[0]  # the settings its timing chose
-    assert gowalla.bpr.batch_size == 16384 and abs(gowalla.fp32.lr - 0.02) < 1e-9 and gowalla.distill.users == 256
+    gowalla = TrainConfig().for_data(730_000, 40_981)[0]
+    assert gowalla.bpr.batch_size == 16384 and abs(gowalla.fp32.lr - 0.02) < 1e-9 and gowalla.distill.users == 1024
+    # the users follow the width of each softmax, not the catalogue: all 41k items when sampling is off
+    assert TrainConfig(distill={"candidates": 50_000}).for_data(730_000, 40_981)[0].distill.users == 256
 
 
 def test_gnaq_candidates_cover_only_the_unset_variants():

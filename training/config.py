@@ -41,8 +41,10 @@ GNAQ_DISTILL = 1.0
 # the learning rate follows the batch as Gowalla's validation chose it (0.02 at 16384); the quantization-aware
 # stage starts at 0.02 whatever the batch and anneals by halving on stalls: from 5e-3 it peaked within 1-3 epochs
 # and the halving froze it there (validation on MovieLens-1M, Last.fm and MovieLens-100K, docs/method.md).
-# Distillation scores users x items each step: the users per step shrink as the catalogue grows (Gowalla's 41k
-# items: 256, as its timing chose).
+# Distillation scores users x softmax items each step: the users per step shrink as that softmax grows, within
+# about 1e7 scores. The softmax is over every item up to DISTILL_CANDIDATES and over that many beyond it, so with the
+# default candidates every catalogue distils 1,024 users a step (Gowalla had 256, from its 41k items, after the
+# sampled softmax had cut each user's scores to 8,192; 1,024 raised its validation and test, docs/method.md).
 STEPS_PER_EPOCH, BATCH_RANGE = 48, (2048, 16384)
 DISTILL_SCORES, DISTILL_USERS_RANGE = 10_000_000, (256, 1024)
 # Beyond this many items a user's distilled softmax is over the teacher's top items plus a sample of the rest
@@ -182,8 +184,8 @@ class DistillConfig(Section):
                                  "otherwise)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature",
                                json_schema_extra=_ADVANCED)
-    users: int | None = Field(None, ge=1, description="users per step distilled (unset: about 1e7 / items, 256 "
-                              "to 1024)",
+    users: int | None = Field(None, ge=1, description="users per step distilled (unset: about 1e7 / the items "
+                              "in each softmax, 256 to 1024)",
                               json_schema_extra=_ADVANCED)
     candidates: int = Field(DISTILL_CANDIDATES, ge=2, description="items in each distilled softmax: every item "
                             "of a catalogue up to this size; of a larger one, the teacher's top 64 and a uniform "
@@ -284,7 +286,8 @@ class TrainConfig(BaseModel):
         batch = self.bpr.batch_size or _power_of_two(n_fit / STEPS_PER_EPOCH, BATCH_RANGE)
         fp32_lr = self.fp32.lr or BASE_LR * (batch / BASE_BATCH) ** (2 / 3)
         qat_lr = self.qat.lr or QAT_LR
-        users = self.distill.users or _power_of_two(DISTILL_SCORES / max(1, n_items), DISTILL_USERS_RANGE)
+        softmax = max(1, min(n_items, self.distill.candidates))
+        users = self.distill.users or _power_of_two(DISTILL_SCORES / softmax, DISTILL_USERS_RANGE)
         values = {"bpr.batch_size": (batch, self.bpr.batch_size), "fp32.lr": (fp32_lr, self.fp32.lr),
                   "qat.lr": (qat_lr, self.qat.lr), "distill.users": (users, self.distill.users)}
         derived = {name: value for name, (value, given) in values.items() if given is None}
