@@ -84,7 +84,7 @@ class ListwiseDistillation:
         self.weight, self.temperature, self.users_per_step = weight, temperature, users_per_step
         self.excluded = None if exclude is None else _rows(exclude, n_users, teacher.device)
         self.n_items = len(teacher) - n_users
-        self.sampled = candidates is not None and self.n_items > candidates
+        self.sampled = softmax_width(self.n_items, candidates) < self.n_items
         if self.sampled:
             self.top_count = min(TOP_ITEMS, candidates // 2)
             self.sample_size = candidates - self.top_count
@@ -199,6 +199,12 @@ class ListwiseDistillation:
             student = self._logits(final, chosen)
         t = self.temperature
         return self.weight * t * t * _SoftTargetCrossEntropy.apply(student, p, entropy)
+
+
+def softmax_width(n_items: int, candidates: int | None) -> int:
+    """Items in each user's distilled softmax: the whole catalogue up to ``candidates`` items (None: always), else
+    ``candidates`` (the teacher's top items plus the step's sample). What a step's distillation cost scales with."""
+    return n_items if candidates is None else min(n_items, candidates)
 
 
 def _targets(logits: Tensor) -> tuple[Tensor, Tensor]:

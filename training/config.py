@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.manifest import ModelInfo
+from model.distillation import softmax_width
 from model.quantizers import DEFAULT_CLIP, SUPPORTED_BITS
 from training.loaders import Columns
 
@@ -42,7 +43,7 @@ GNAQ_DISTILL = 1.0
 # stage starts at 0.02 whatever the batch and anneals by halving on stalls: from 5e-3 it peaked within 1-3 epochs
 # and the halving froze it there (validation on MovieLens-1M, Last.fm and MovieLens-100K, docs/method.md).
 # Distillation scores users x softmax items each step: the users per step shrink as that softmax grows, within
-# about 1e7 scores. The softmax is over every item up to DISTILL_CANDIDATES and over that many beyond it, so with the
+# about 1e7 scores. The softmax is at most DISTILL_CANDIDATES wide (model.distillation.softmax_width), so with the
 # default candidates every catalogue distils 1,024 users a step (Gowalla had 256, from its 41k items, after the
 # sampled softmax had cut each user's scores to 8,192; 1,024 raised its validation and test, docs/method.md).
 STEPS_PER_EPOCH, BATCH_RANGE = 48, (2048, 16384)
@@ -286,7 +287,7 @@ class TrainConfig(BaseModel):
         batch = self.bpr.batch_size or _power_of_two(n_fit / STEPS_PER_EPOCH, BATCH_RANGE)
         fp32_lr = self.fp32.lr or BASE_LR * (batch / BASE_BATCH) ** (2 / 3)
         qat_lr = self.qat.lr or QAT_LR
-        softmax = max(1, min(n_items, self.distill.candidates))
+        softmax = max(1, softmax_width(n_items, self.distill.candidates))
         users = self.distill.users or _power_of_two(DISTILL_SCORES / softmax, DISTILL_USERS_RANGE)
         values = {"bpr.batch_size": (batch, self.bpr.batch_size), "fp32.lr": (fp32_lr, self.fp32.lr),
                   "qat.lr": (qat_lr, self.qat.lr), "distill.users": (users, self.distill.users)}
