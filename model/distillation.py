@@ -39,25 +39,93 @@ TOP_ITEMS = 64
 TEACHER_CACHE_BYTES = 512 * 2**20
 
 
-class _SoftTargetCrossEntropy(torch.autograd.Function):
-    """Mean over rows of ``KL(p || softmax(logits))`` for fixed teacher probabilities ``p``, in one pass each way.
+class _DistilledKL(torch.autograd.Function):
+    """Mean over users of ``KL(p || softmax(student))``, each user's softmax over a small block of their own items
+    (``top``, ``(users, t)`` logits, or None) and a large block shared by the step's users, scored here as
+    ``user @ items.T + correction`` with the ``masked`` cells left out.
 
-    ``KL = sum p log p - sum p * logits + logsumexp(logits)`` (``p`` sums to 1 per row), and its gradient is
-    ``softmax(logits) - p``: written out, instead of autograd's chain through log_softmax, exp and the product, it
-    reads the ``(users, items)`` matrices a third as often, which is most of the distillation's cost.
+    ``KL = sum p log p - sum p * s + logsumexp(s)`` (``p`` sums to 1 per row) and its gradient is ``softmax(s) - p``:
+    written out, the large block is scored into the scratch matrix ``out``, turned into its exponentials in place,
+    and into its gradient in place again, instead of the copies autograd's chain through concatenation, masking and
+    log_softmax makes of a ``(users, items)`` matrix at each link (most of a distilled step's cost). So ``out`` holds
+    the graph's state until the backward, which may run once; a forward that writes over it first makes autograd's
+    version check refuse the backward.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, p: Tensor, entropy: Tensor) -> Tensor:
-        lse = torch.logsumexp(logits, dim=1, keepdim=True)
-        ctx.save_for_backward(logits, lse, p)
-        return (entropy - (p * logits).sum(dim=1) + lse.squeeze(1)).mean()
+    def forward(ctx, top: Tensor | None, user: Tensor, items: Tensor, p_top: Tensor | None, p_rest: Tensor,
+                entropy: Tensor, correction: float, masked: tuple[Tensor, Tensor] | None, out: Tensor) -> Tensor:
+        rest = _rest_logits(out, user, items, correction, masked)
+        dot = _total_dot(p_rest, rest)  # before the logits become their exponentials
+        shift, _, exp, soft_top, total = _exponentials(rest, top, out=rest)
+        if top is not None:
+            soft_top /= total
+            dot += _total_dot(p_top, top)
+        ctx.save_for_backward(exp, total, p_rest, user, items, soft_top, p_top)
+        ctx.spent = False
+        return (entropy - dot) / len(rest) + (shift + total.log()).mean()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, lse, p = ctx.saved_tensors
-        student = (logits - lse).exp_()
-        return student.sub_(p).mul_(grad / len(p)), None, None
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.spent:
+            raise RuntimeError("the distillation's backward reuses its scratch matrix and runs once per forward")
+        ctx.spent = True
+        exp, total, p_rest, user, items, soft_top, p_top = ctx.saved_tensors
+        scale = grad.item() / len(exp)
+        rest = exp.mul_(scale / total).sub_(p_rest, alpha=scale)  # (softmax - p) * scale, in place
+        top = None if soft_top is None else (soft_top - p_top) * scale
+        return (top, rest @ items if ctx.needs_input_grad[1] else None,
+                rest.T @ user if ctx.needs_input_grad[2] else None, None, None, None, None, None, None)
+
+
+def _rest_logits(out: Tensor, user: Tensor, items: Tensor, correction: float,
+                 masked: tuple[Tensor, Tensor] | None) -> Tensor:
+    """``user @ items.T + correction`` written into ``out``, the ``masked`` ``(row, column)`` cells excluded."""
+    torch.mm(user, items.T, out=out)
+    if correction:
+        out.add_(correction)
+    if masked is not None:
+        out.index_put_(masked, out.new_tensor(_EXCLUDED))
+    return out
+
+
+def _total_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum a * b`` over every cell, without a third matrix of their shape."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _exponentials(logits: Tensor, top: Tensor | None, out: Tensor) -> tuple[Tensor, Tensor | None, Tensor,
+                                                                        Tensor | None, Tensor]:
+    """A softmax's parts over a row's two blocks (``top`` may be None): each row's largest logit (the shift), ``top``
+    less it, both blocks' exponentials after the shift (the large block's written into ``out``, which may be
+    ``logits``; ``logits`` is left shifted) and each row's sum of them."""
+    shift = logits.amax(dim=1, keepdim=True)
+    if top is not None:
+        shift = torch.maximum(shift, top.amax(dim=1, keepdim=True))
+        top = top - shift
+    exp = torch.exp(logits.sub_(shift), out=out)
+    total = exp.sum(dim=1, keepdim=True)
+    top_exp = None
+    if top is not None:
+        top_exp = top.exp()
+        total += top_exp.sum(dim=1, keepdim=True)
+    return shift, top, exp, top_exp, total
+
+
+@torch.no_grad()
+def _soft_targets(top: Tensor | None, logits: Tensor, out: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The teacher's side of the loss for its logits over a row's two blocks (``top`` may be None): the
+    probabilities (the large block's written into ``out``; ``logits`` is left shifted) and ``sum p log p`` summed
+    over the rows."""
+    _, top, p, p_top, total = _exponentials(logits, top, out=out)
+    p /= total
+    # sum p log p over a row is sum p * (logit - shift) - log(total), p summing to 1
+    entropy = _total_dot(p, logits) - total.log().sum()
+    if top is not None:
+        p_top /= total
+        entropy += _total_dot(p_top, top)
+    return p_top, p, entropy
 
 
 class ListwiseDistillation:
@@ -84,12 +152,15 @@ class ListwiseDistillation:
         self.weight, self.temperature, self.users_per_step = weight, temperature, users_per_step
         self.excluded = None if exclude is None else _rows(exclude, n_users, teacher.device)
         self.n_items = len(teacher) - n_users
+        self.scratch: dict[int, Tensor] = {}  # two (users, items) matrices a step writes in place, kept between steps
         self.sampled = softmax_width(self.n_items, candidates) < self.n_items
+        self.correction = 0.0
         if self.sampled:
             self.top_count = min(TOP_ITEMS, candidates // 2)
             self.sample_size = candidates - self.top_count
             self.correction = math.log(self.n_items / self.sample_size)
-            self.top_items, self.top_excluded = self._teacher_top()
+            self.top_items, self.top_logits = self._teacher_top()
+            self.top_excluded = self.top_logits <= _EXCLUDED
         self.cached = None
         if not self.sampled and n_users * self.n_items * 4 <= TEACHER_CACHE_BYTES:
             self.cached = self._teacher_targets()
@@ -107,6 +178,14 @@ class ListwiseDistillation:
         fresh._reseed()
         return fresh
 
+    def _scratch(self, slot: int, rows: int, columns: int, like: Tensor) -> Tensor:
+        """A ``(rows, columns)`` matrix of scratch ``slot``, allocated once at the largest size asked: a matrix this
+        size allocated anew each step is mapped and zeroed page by page by the operating system each time."""
+        held = self.scratch.get(slot)
+        if held is None or held.numel() < rows * columns or held.dtype != like.dtype or held.device != like.device:
+            held = self.scratch[slot] = torch.empty(rows * columns, dtype=like.dtype, device=like.device)
+        return held[: rows * columns].view(rows, columns)
+
     def _excluded_cells(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(row, item)`` index of every excluded item of ``users`` in a ``(len(users), n_items)`` score matrix."""
         if self.excluded is None:
@@ -118,45 +197,48 @@ class ListwiseDistillation:
         within = torch.arange(len(row), device=users.device) - first
         return row, items[starts[row] + within]
 
-    def _logits(self, embeddings: Tensor, users: Tensor) -> Tensor:
-        """``users`` x every item scores over the temperature (applied to the user rows: the smaller side), excluded
-        cells masked."""
-        logits = (gather_rows(embeddings, users) / self.temperature) @ embeddings[self.n_users:].T
-        cells = self._excluded_cells(users)
-        if cells is None:
-            return logits
-        return logits.index_put(cells, torch.tensor(_EXCLUDED, device=logits.device))
+    def _user_rows(self, embeddings: Tensor, users: Tensor) -> Tensor:
+        """The users' rows over the temperature (applied to the user rows: the smaller side of every score)."""
+        return gather_rows(embeddings, users) / self.temperature
 
     def _teacher_blocks(self) -> Iterator[Tensor]:
-        """The teacher's logits for every user over every item, ``_SCORING_ROWS`` users at a time."""
+        """The teacher's logits for every user over every item, excluded cells masked, ``_SCORING_ROWS`` users at a
+        time."""
+        items = self.teacher[self.n_users:]
         for start in range(0, self.n_users, _SCORING_ROWS):
             users = torch.arange(start, min(start + _SCORING_ROWS, self.n_users), device=self.teacher.device)
-            yield self._logits(self.teacher, users)
+            out = self.teacher.new_empty(len(users), self.n_items)
+            yield _rest_logits(out, self._user_rows(self.teacher, users), items, 0.0, self._excluded_cells(users))
 
     @torch.no_grad()
     def _teacher_top(self) -> tuple[Tensor, Tensor]:
-        """Every user's ``top_count`` items of highest teacher score, ``(n_users, top_count)`` int32, and which of
-        them are excluded (a user with fewer other items). Found once: the teacher is fixed, and scoring every
-        item each step would cost what sampling saves."""
+        """Every user's ``top_count`` items of highest teacher score, ``(n_users, top_count)`` int32, and their
+        logits (excluded ones at ``_EXCLUDED``: a user with fewer other items). Found once: the teacher is fixed,
+        and scoring every item each step would cost what sampling saves."""
         tops = [torch.topk(logits, self.top_count, dim=1) for logits in self._teacher_blocks()]
-        return torch.cat([top.indices.int() for top in tops]), torch.cat([top.values <= _EXCLUDED for top in tops])
+        return torch.cat([top.indices.int() for top in tops]), torch.cat([top.values for top in tops])
 
     @torch.no_grad()
     def _teacher_targets(self) -> tuple[Tensor, Tensor]:
         """Every user's teacher probabilities over every item and their ``sum p log p``, found once."""
-        chunks = [_targets(logits) for logits in self._teacher_blocks()]
-        return torch.cat([p for p, _ in chunks]), torch.cat([e for _, e in chunks])
+        chunks = [_soft_targets(None, logits, torch.empty_like(logits))[1] for logits in self._teacher_blocks()]
+        return torch.cat(chunks), torch.cat([torch.special.xlogy(p, p).sum(dim=1) for p in chunks])
 
     @torch.no_grad()
-    def _exact_targets(self, users: Tensor) -> tuple[Tensor, Tensor]:
-        """The teacher's side of the exact softmax for ``users``: kept from the start when it fit, else scored."""
+    def _exact_targets(self, users: Tensor, cells: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """The teacher's side of the exact softmax for ``users`` (probabilities in scratch 1, ``sum p log p`` over
+        the users): kept from the start when it fit, else scored (in scratch 0)."""
+        p = self._scratch(1, len(users), self.n_items, self.teacher)
         if self.cached is not None:
-            return self.cached[0][users], self.cached[1][users]
-        return _targets(self._logits(self.teacher, users))
+            return torch.index_select(self.cached[0], 0, users, out=p), self.cached[1][users].sum()
+        logits = _rest_logits(self._scratch(0, *p.shape, p), self._user_rows(self.teacher, users),
+                              self.teacher[self.n_users:], 0.0, cells)
+        return _soft_targets(None, logits, p)[1:]
 
-    def _sample_masked(self, users: Tensor, top_items: Tensor, sample: Tensor) -> Tensor:
-        """``(users, sample)`` mask of the sampled items left out of each user's softmax: those among the user's
-        top items (already in it) and the excluded ones. Built once a step, for teacher and student alike."""
+    def _sample_masked(self, users: Tensor, top_items: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
+        """``(row, column)`` of the cells of a ``(users, sample)`` matrix left out of each user's softmax: the
+        sampled items among the user's top items (already in it) and the excluded ones. Found once a step, for
+        teacher and student alike."""
         position = torch.full((self.n_items,), -1, dtype=torch.long, device=sample.device)
         position[sample] = torch.arange(len(sample), device=sample.device)
         rows = torch.arange(len(users), device=sample.device).unsqueeze(1).expand_as(top_items).reshape(-1)
@@ -165,53 +247,45 @@ class ListwiseDistillation:
         if cells is not None:
             rows, items = torch.cat([rows, cells[0]]), torch.cat([items, cells[1]])
         column = position[items]
-        masked = torch.zeros(len(users), len(sample), dtype=torch.bool, device=sample.device)
-        masked[rows[column >= 0], column[column >= 0]] = True
-        return masked
+        return rows[column >= 0], column[column >= 0]
 
-    def _sampled(self, final: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
-        """(teacher targets, student logits) over each user's teacher top items, then the step's sample."""
+    def _sampled(self, final: Tensor, users: Tensor) -> Tensor:
+        """The KL over each user's teacher top items, then the step's sample."""
         sample = torch.randperm(self.n_items, generator=self.generator, device=self.generator.device)
         sample = sample[: self.sample_size].to(final.device)
         top_items = self.top_items[users].long()
         masked = self._sample_masked(users, top_items, sample)
-        excluded = self.top_excluded[users]
-
-        def logits(embeddings: Tensor) -> Tensor:
-            user = gather_rows(embeddings, users) / self.temperature
-            top = (user.unsqueeze(1) * gather_rows(embeddings, top_items + self.n_users)).sum(2)
-            rest = user @ gather_rows(embeddings, sample + self.n_users).T
-            top = top.masked_fill(excluded, _EXCLUDED)
-            rest = (rest + self.correction).masked_fill(masked, _EXCLUDED)
-            return torch.cat([top, rest], dim=1)
-
+        shape = (len(users), len(sample))
         with torch.no_grad():
-            target = _targets(logits(self.teacher))
-        return target, logits(final)
+            logits = _rest_logits(self._scratch(0, *shape, final), self._user_rows(self.teacher, users),
+                                  gather_rows(self.teacher, sample + self.n_users), self.correction, masked)
+            p_top, p_rest, entropy = _soft_targets(self.top_logits[users], logits, self._scratch(1, *shape, final))
+        # One gather of the student's rows: each gather's backward writes a gradient the size of every node's.
+        rows = gather_rows(final, torch.cat([users, sample + self.n_users, top_items.view(-1) + self.n_users]))
+        user, items, top_rows = rows.split([len(users), len(sample), top_items.numel()])
+        user = user / self.temperature
+        top = torch.bmm(top_rows.view(*top_items.shape, -1), user.unsqueeze(2)).squeeze(2)
+        return _DistilledKL.apply(top.masked_fill(self.top_excluded[users], _EXCLUDED), user, items, p_top, p_rest,
+                                  entropy, self.correction, masked, self._scratch(0, *shape, final))
 
     def __call__(self, final: Tensor, users: Tensor) -> Tensor:
         """The loss term for the student's served embeddings ``final`` and the batch's ``users``."""
         chosen = users[: self.users_per_step]
         if self.sampled:
-            (p, entropy), student = self._sampled(final, chosen)
+            kl = self._sampled(final, chosen)
         else:
-            p, entropy = self._exact_targets(chosen)
-            student = self._logits(final, chosen)
+            cells = self._excluded_cells(chosen)
+            p, entropy = self._exact_targets(chosen, cells)
+            kl = _DistilledKL.apply(None, self._user_rows(final, chosen), final[self.n_users:], None, p, entropy,
+                                    0.0, cells, self._scratch(0, *p.shape, p))
         t = self.temperature
-        return self.weight * t * t * _SoftTargetCrossEntropy.apply(student, p, entropy)
+        return self.weight * t * t * kl
 
 
 def softmax_width(n_items: int, candidates: int | None) -> int:
     """Items in each user's distilled softmax: the whole catalogue up to ``candidates`` items (None: always), else
     ``candidates`` (the teacher's top items plus the step's sample). What a step's distillation cost scales with."""
     return n_items if candidates is None else min(n_items, candidates)
-
-
-def _targets(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """The teacher's side of the loss for its ``logits``: probabilities and each row's ``sum p log p``."""
-    log_p = torch.log_softmax(logits, dim=1)
-    p = log_p.exp()
-    return p, (p * log_p).sum(dim=1)
 
 
 def _rows(pairs: Tensor, n_users: int, device: torch.device) -> tuple[Tensor, Tensor]:

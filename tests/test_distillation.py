@@ -136,6 +136,61 @@ def test_the_sampled_softmax_estimates_the_exact_loss_and_is_deterministic_for_a
     assert sampled[0](teacher.clone(), users).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_sampled_loss_and_gradient_are_autograds_through_the_concatenated_softmax():
+    # The written-out loss of the sampled softmax against the plain formulation (top items, then the sample with its
+    # correction, masked cells at the excluded value, log_softmax), differentiated by autograd, in double precision.
+    teacher, student, pairs = _catalogue()
+    teacher, student = teacher.double(), student.double().requires_grad_(True)
+    users = torch.tensor([5, 0, 39, 12])
+    distil = ListwiseDistillation(teacher, 40, weight=2.0, temperature=1.5, exclude=pairs, candidates=160, seed=4)
+    loss = distil(student, users)
+    loss.backward()
+
+    sample = torch.randperm(600, generator=torch.Generator().manual_seed(4))[: distil.sample_size]
+    top_items = distil.top_items[users].long()
+    excluded = torch.zeros(40, 600, dtype=torch.bool)
+    excluded[pairs[:, 0], pairs[:, 1]] = True
+    masked = (sample == top_items.unsqueeze(2)).any(1) | excluded[users][:, sample]
+
+    def logits(embeddings: torch.Tensor) -> torch.Tensor:
+        user = embeddings[users] / 1.5
+        top = (user.unsqueeze(1) * embeddings[top_items + 40]).sum(2).masked_fill(distil.top_excluded[users], -1e9)
+        rest = (user @ embeddings[sample + 40].T + distil.correction).masked_fill(masked, -1e9)
+        return torch.cat([top, rest], dim=1)
+
+    reference = student.detach().clone().requires_grad_(True)
+    p = torch.softmax(logits(teacher), dim=1)
+    kl = (torch.special.xlogy(p, p) - p * torch.log_softmax(logits(reference), dim=1)).sum(1).mean()
+    (2.0 * 1.5**2 * kl).backward()
+    assert masked.any()  # some sampled cells are left out
+    assert loss.item() == pytest.approx(2.0 * 1.5**2 * kl.item(), rel=1e-9)
+    assert torch.allclose(student.grad, reference.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("candidates", [None, 160])  # the exact and the sampled softmax
+def test_the_scratch_matrices_serve_steps_of_any_size_and_the_backward_runs_once(candidates):
+    teacher, student, pairs = _catalogue()
+    reused = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=candidates)
+    for users in (torch.arange(40), torch.tensor([3, 9]), torch.arange(20)):  # the scratch is sized by the first
+        fresh = ListwiseDistillation(teacher, 40, weight=1.0, exclude=pairs, candidates=candidates)
+        if candidates:
+            fresh.generator.set_state(reused.generator.get_state())  # the same sample
+        gradients = []
+        for distil in (reused, fresh):
+            s = student.clone().requires_grad_(True)
+            distil(s, users).backward()
+            gradients.append(s.grad)
+        assert torch.equal(*gradients)
+    loss = reused(student.clone().requires_grad_(True), torch.arange(5))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
+    first = reused(student.clone().requires_grad_(True), torch.arange(5))
+    reused(student.clone().requires_grad_(True), torch.arange(5))  # a second forward writes over the scratch
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()  # autograd's version check refuses the stale scratch rather than a wrong gradient
+
+
 def test_a_restarted_copy_shares_the_top_items_and_replays_the_sample_sequence():
     teacher, student, pairs = _catalogue()
     users = torch.arange(40)
