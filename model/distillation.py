@@ -37,6 +37,9 @@ TOP_ITEMS = 64
 # The exact softmax keeps every user's teacher distribution in memory when it takes at most this many bytes
 # (MovieLens-1M: 90 MB): the teacher is fixed, so scoring its side again at each step only repeats work.
 TEACHER_CACHE_BYTES = 512 * 2**20
+# The two scratch matrices of a step: the large block's logits (the teacher's, then the student's) and the
+# teacher's probabilities over it.
+_LOGITS, _TARGETS = 0, 1
 
 
 class _DistilledKL(torch.autograd.Function):
@@ -152,7 +155,7 @@ class ListwiseDistillation:
         self.weight, self.temperature, self.users_per_step = weight, temperature, users_per_step
         self.excluded = None if exclude is None else _rows(exclude, n_users, teacher.device)
         self.n_items = len(teacher) - n_users
-        self.scratch: dict[int, Tensor] = {}  # two (users, items) matrices a step writes in place, kept between steps
+        self.scratch: dict[int, Tensor] = {}  # _LOGITS and _TARGETS, written in place each step, kept between steps
         self.sampled = softmax_width(self.n_items, candidates) < self.n_items
         self.correction = 0.0
         if self.sampled:
@@ -221,17 +224,20 @@ class ListwiseDistillation:
     @torch.no_grad()
     def _teacher_targets(self) -> tuple[Tensor, Tensor]:
         """Every user's teacher probabilities over every item and their ``sum p log p``, found once."""
-        chunks = [_soft_targets(None, logits, torch.empty_like(logits))[1] for logits in self._teacher_blocks()]
+        chunks = []
+        for logits in self._teacher_blocks():  # each block's probabilities written over its logits
+            _, _, p, _, total = _exponentials(logits, None, out=logits)
+            chunks.append(p.div_(total))
         return torch.cat(chunks), torch.cat([torch.special.xlogy(p, p).sum(dim=1) for p in chunks])
 
     @torch.no_grad()
     def _exact_targets(self, users: Tensor, cells: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-        """The teacher's side of the exact softmax for ``users`` (probabilities in scratch 1, ``sum p log p`` over
-        the users): kept from the start when it fit, else scored (in scratch 0)."""
-        p = self._scratch(1, len(users), self.n_items, self.teacher)
+        """The teacher's side of the exact softmax for ``users`` (probabilities in the targets scratch, ``sum p log p``
+        over the users): kept from the start when it fit, else scored."""
+        p = self._scratch(_TARGETS, len(users), self.n_items, self.teacher)
         if self.cached is not None:
             return torch.index_select(self.cached[0], 0, users, out=p), self.cached[1][users].sum()
-        logits = _rest_logits(self._scratch(0, *p.shape, p), self._user_rows(self.teacher, users),
+        logits = _rest_logits(self._scratch(_LOGITS, *p.shape, p), self._user_rows(self.teacher, users),
                               self.teacher[self.n_users:], 0.0, cells)
         return _soft_targets(None, logits, p)[1:]
 
@@ -257,16 +263,17 @@ class ListwiseDistillation:
         masked = self._sample_masked(users, top_items, sample)
         shape = (len(users), len(sample))
         with torch.no_grad():
-            logits = _rest_logits(self._scratch(0, *shape, final), self._user_rows(self.teacher, users),
+            logits = _rest_logits(self._scratch(_LOGITS, *shape, final), self._user_rows(self.teacher, users),
                                   gather_rows(self.teacher, sample + self.n_users), self.correction, masked)
-            p_top, p_rest, entropy = _soft_targets(self.top_logits[users], logits, self._scratch(1, *shape, final))
+            targets = self._scratch(_TARGETS, *shape, final)
+            p_top, p_rest, entropy = _soft_targets(self.top_logits[users], logits, targets)
         # One gather of the student's rows: each gather's backward writes a gradient the size of every node's.
         rows = gather_rows(final, torch.cat([users, sample + self.n_users, top_items.view(-1) + self.n_users]))
         user, items, top_rows = rows.split([len(users), len(sample), top_items.numel()])
         user = user / self.temperature
         top = torch.bmm(top_rows.view(*top_items.shape, -1), user.unsqueeze(2)).squeeze(2)
         return _DistilledKL.apply(top.masked_fill(self.top_excluded[users], _EXCLUDED), user, items, p_top, p_rest,
-                                  entropy, self.correction, masked, self._scratch(0, *shape, final))
+                                  entropy, self.correction, masked, self._scratch(_LOGITS, *shape, final))
 
     def __call__(self, final: Tensor, users: Tensor) -> Tensor:
         """The loss term for the student's served embeddings ``final`` and the batch's ``users``."""
@@ -277,7 +284,7 @@ class ListwiseDistillation:
             cells = self._excluded_cells(chosen)
             p, entropy = self._exact_targets(chosen, cells)
             kl = _DistilledKL.apply(None, self._user_rows(final, chosen), final[self.n_users:], None, p, entropy,
-                                    0.0, cells, self._scratch(0, *p.shape, p))
+                                    0.0, cells, self._scratch(_LOGITS, *p.shape, p))
         t = self.temperature
         return self.weight * t * t * kl
 
