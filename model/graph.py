@@ -9,36 +9,54 @@ import torch
 
 
 class _SparseMatmul(torch.autograd.Function):
-    """``matrix @ x`` whose backward multiplies by a transpose given up front.
+    """``matrix @ x`` for a constant symmetric sparse ``matrix``, whose backward multiplies by the matrix itself.
 
     PyTorch's own backward of ``torch.sparse.mm`` rebuilds the CSR transpose (a COO sort of every edge) on each
-    step, which was 55% of a Gowalla training step; the graph never changes, so its transpose is built once.
+    step, which was 55% of a Gowalla training step; the graph never changes and is its own transpose.
     """
 
     @staticmethod
-    def forward(ctx, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.transpose = transpose
+    def forward(ctx, matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.matrix = matrix
         return torch.sparse.mm(matrix, x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, torch.sparse.mm(ctx.transpose, grad)
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, torch.sparse.mm(ctx.matrix, grad)
 
 
-def sparse_matmul(matrix: torch.Tensor, x: torch.Tensor, transpose: torch.Tensor | None = None) -> torch.Tensor:
-    """``matrix @ x`` for a constant sparse ``matrix``; ``transpose`` defaults to ``matrix`` (symmetric)."""
-    return _SparseMatmul.apply(matrix, matrix if transpose is None else transpose, x)
+def sparse_matmul(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` for a constant symmetric sparse ``matrix`` (as ``normalized_adjacency`` is)."""
+    return _SparseMatmul.apply(matrix, x)
+
+
+def propagate_layers(adjacency: torch.Tensor, x: torch.Tensor, layers: int) -> list[torch.Tensor]:
+    """``[x, A x, ..., A^L x]`` for the symmetric ``adjacency``."""
+    out = [x]
+    for _ in range(layers):
+        out.append(sparse_matmul(adjacency, out[-1]))
+    return out
+
+
+def layer_mean(adjacency: torch.Tensor, x: torch.Tensor, layers: int) -> torch.Tensor:
+    """``1/(L+1) * sum_k A^k x``: LightGCN's propagation, of embeddings or of any per-node signal."""
+    out = propagate_layers(adjacency, x, layers)
+    total = out[0]
+    for h in out[1:]:
+        total = total + h
+    return total / (layers + 1)
 
 
 def _coo_to_csr(matrix: torch.Tensor) -> torch.Tensor:
+    """CSR with int32 indices where they fit: with int64 ones, every product first copies the column indices to
+    int32 for MKL (a pass over every edge, twice per layer and step)."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta": spmm with CSR is what we rely on
         warnings.simplefilter("ignore", UserWarning)
-        return matrix.coalesce().to_sparse_csr()
-
-
-def csr_transpose(matrix: torch.Tensor) -> torch.Tensor:
-    """The transpose of a sparse CSR matrix, as CSR (built once for ``sparse_matmul``'s backward)."""
-    return _coo_to_csr(matrix.to_sparse_coo().t())
+        csr = matrix.coalesce().to_sparse_csr()
+    if max(csr._nnz(), *csr.shape) >= 2**31:
+        return csr
+    return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape,
+                                   check_invariants=True)
 
 
 def _bipartite_edges(train_pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,15 +92,3 @@ def normalized_adjacency(train_pairs: np.ndarray, n_users: int, n_items: int,
     inv_sqrt = np.zeros_like(degree)
     inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
     return _sparse(rows, cols, inv_sqrt[rows] * inv_sqrt[cols], n_users + n_items, device)
-
-
-def mean_adjacency(train_pairs: np.ndarray, n_users: int, n_items: int,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Row-stochastic ``D^-1 A``: averages over neighbours and keeps a constant signal constant.
-
-    GNAQ refines quantization parameters with it; unlike the symmetric operator it does not rescale
-    a parameter by the degrees of the nodes it passes through.
-    """
-    rows, cols = _bipartite_edges(train_pairs, n_users)
-    degree = node_degrees(train_pairs, n_users, n_items)
-    return _sparse(rows, cols, 1.0 / degree[rows], n_users + n_items, device)

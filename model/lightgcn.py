@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.graph import sparse_matmul
+from model.graph import layer_mean, propagate_layers
 from model.quantizers import EmbeddingQuantizer
 
 
@@ -33,25 +33,13 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         self.quantizer: EmbeddingQuantizer | None = None
 
-    def propagate_layers(self, adjacency: Tensor, x: Tensor | None = None) -> list[Tensor]:
-        """``[E^(0), ..., E^(L)]``: ``x`` (default: the ego embeddings) propagated 0..L times.
+    def propagate_layers(self, adjacency: Tensor) -> list[Tensor]:
+        """``[E^(0), ..., E^(L)]``: the ego embeddings propagated 0..L times over the symmetric ``adjacency``."""
+        return propagate_layers(adjacency, self.embedding.weight, self.layers)
 
-        ``adjacency`` must be symmetric (as ``normalized_adjacency`` is): the backward pass reuses it.
-        """
-        h = self.embedding.weight if x is None else x
-        layers = [h]
-        for _ in range(self.layers):
-            h = sparse_matmul(adjacency, h)
-            layers.append(h)
-        return layers
-
-    def propagate(self, adjacency: Tensor, x: Tensor | None = None) -> Tensor:
-        """Layer mean of ``x`` (default: the ego embeddings) propagated over ``adjacency``."""
-        layers = self.propagate_layers(adjacency, x)
-        total = layers[0]
-        for h in layers[1:]:
-            total = total + h
-        return total / (self.layers + 1)
+    def propagate(self, adjacency: Tensor) -> Tensor:
+        """Layer mean ``z`` of the ego embeddings propagated over the symmetric ``adjacency``."""
+        return layer_mean(adjacency, self.embedding.weight, self.layers)
 
     def quantizer_input(self, adjacency: Tensor) -> Tensor:
         """What the quantizer encodes: the layer mean ``z``, or for a per-layer quantizer (BiGeaR)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from model.graph import csr_transpose, sparse_matmul
+from model.graph import layer_mean
 
 SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -209,8 +209,10 @@ class GNAQQuantizer(EmbeddingQuantizer):
 
     ``node_aware`` (a): per-node parameters from the node's own mean/std, else one per table.
     ``dynamic`` (b): parameters follow the current embeddings and learnable corrections refined by
-    message passing (layer mean of ``P^k theta`` over the row-normalised graph ``P``); else they are
-    fixed at initialisation from the warm-start embeddings.
+    message passing (layer mean of ``P^k theta`` over the row-normalised graph ``P = D^-1 A``); else they are
+    fixed at initialisation from the warm-start embeddings. ``P^k = D^-1/2 A_sym^k D^1/2``, so the corrections are
+    propagated over LightGCN's own symmetric ``adjacency``, as ``D^1/2 theta``, and no second graph is built;
+    ``degree``: each node's training degree.
     ``estimator`` (c): ``"graph"`` (graph relation-aware, see ``_GraphRelationAwareRound``) or ``"ste"``.
     ``center``: subtract each table's mean vector before the grids (the direction all users, or all
     items, share is stored once per table instead of being rounded in every node).
@@ -218,7 +220,7 @@ class GNAQQuantizer(EmbeddingQuantizer):
     centre among a table's nodes but cannot move the table's own (the clip chosen on validation).
     """
 
-    def __init__(self, bits: int, n_users: int, *, mean_adjacency: Tensor, influence: Tensor,
+    def __init__(self, bits: int, n_users: int, *, adjacency: Tensor, degree: Tensor, influence: Tensor,
                  layers: int, node_aware: bool = True, dynamic: bool = True,
                  estimator: str = "graph", eta: float = 0.5, equalize: bool = True,
                  clip: float = DEFAULT_CLIP, center: bool = False, track_stats: bool = True,
@@ -226,12 +228,14 @@ class GNAQQuantizer(EmbeddingQuantizer):
         super().__init__(bits, n_users)
         if estimator not in ("graph", "ste"):
             raise ValueError(f"estimator must be 'graph' or 'ste', got {estimator!r}")
-        n_nodes = mean_adjacency.shape[0]
+        n_nodes = adjacency.shape[0]
         self.per_node, self.dynamic, self.estimator = node_aware, dynamic, estimator
         self.layers, self.eta, self.equalize, self.clip, self.center = layers, eta, equalize, clip, center
         self.track_stats, self.relative = track_stats, relative
-        self.register_buffer("mean_adjacency", mean_adjacency, persistent=False)
-        self.register_buffer("mean_adjacency_t", csr_transpose(mean_adjacency), persistent=False)
+        self.register_buffer("adjacency", adjacency, persistent=False)
+        # D^1/2, with 1 for an isolated node (its theta only reaches itself, at layer 0, either way).
+        root = degree.reshape(-1, 1).float().sqrt()
+        self.register_buffer("degree_root", torch.where(root > 0, root, torch.ones_like(root)), persistent=False)
         self.register_buffer("influence", influence.reshape(-1, 1).float(), persistent=False)
         # theta = (rho, delta): log-multiplier of the step and shift of the centre, in node std units.
         self.theta = nn.Parameter(torch.zeros(n_nodes if node_aware else 2, 2), requires_grad=dynamic)
@@ -250,16 +254,12 @@ class GNAQQuantizer(EmbeddingQuantizer):
 
     def _refined_theta(self, n_nodes: int) -> Tensor:
         """Per-node ``theta`` after message passing: ``1/(L+1) sum_k P^k theta`` (less its table's mean
-        if ``relative``)."""
+        if ``relative``), computed as ``D^-1/2`` times the layer mean of ``D^1/2 theta`` over the symmetric graph."""
         if not self.per_node:
             users, items = self.theta[:1], self.theta[1:]
             refined = torch.cat([users.expand(self.n_users, 2), items.expand(n_nodes - self.n_users, 2)])
         else:
-            h, total = self.theta, self.theta
-            for _ in range(self.layers):
-                h = sparse_matmul(self.mean_adjacency, h, self.mean_adjacency_t)
-                total = total + h
-            refined = total / (self.layers + 1)
+            refined = layer_mean(self.adjacency, self.theta * self.degree_root, self.layers) / self.degree_root
         if self.relative:
             refined = refined - _per_table(refined, self.n_users, lambda t: t.mean(dim=0, keepdim=True))
         return refined

@@ -133,7 +133,9 @@ def test_the_sampled_softmax_estimates_the_exact_loss_and_is_deterministic_for_a
     assert first == again and first != other
     estimates = [sampled[2](student, users).item() for _ in range(200)]
     assert sum(estimates) / len(estimates) == pytest.approx(exact, rel=0.1)
-    assert sampled[0](teacher.clone(), users).item() == pytest.approx(0.0, abs=1e-6)
+    # 0 up to float32 rounding: the value cancels terms of size log(items) (about 5 here; docs/method.md, (d)), whose
+    # rounding differs between CPUs (1.9e-6 on an AMD EPYC)
+    assert sampled[0](teacher.clone(), users).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_the_sampled_loss_and_gradient_are_autograds_through_the_concatenated_softmax():

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from model.graph import csr_transpose, mean_adjacency, node_degrees, normalized_adjacency, sparse_matmul
+from model.graph import layer_mean, normalized_adjacency, sparse_matmul
 from training.sampling import NegativeSampler
 
 PAIRS = np.array([[0, 0], [0, 1], [1, 1], [2, 2]])  # 3 users, 4 items (item 3 isolated)
@@ -24,29 +24,25 @@ def test_symmetric_normalisation_matches_dense_formula():
     expected = inv[:, None] * a * inv[None, :]
     sparse = normalized_adjacency(PAIRS, 3, 4)
     assert sparse.layout == torch.sparse_csr
+    assert sparse.crow_indices().dtype == sparse.col_indices().dtype == torch.int32  # no int64 -> int32 copy a product
     np.testing.assert_allclose(sparse.to_dense().numpy(), expected, rtol=1e-6)
 
 
-def test_mean_operator_is_row_stochastic_on_connected_nodes():
-    dense = mean_adjacency(PAIRS, 3, 4).to_dense().numpy()
-    sums = dense.sum(1)
-    connected = node_degrees(PAIRS, 3, 4) > 0
-    np.testing.assert_allclose(sums[connected], 1.0, rtol=1e-6)
-    assert sums[~connected].tolist() == [0.0]
-
-
-def test_sparse_matmul_gradients_match_dense_autograd():
-    """The hand-written backward (prebuilt transpose) equals autograd through the dense matrix."""
+def test_sparse_matmul_and_layer_mean_gradients_match_dense_autograd():
+    """The hand-written backward (the symmetric matrix as its own transpose) equals autograd through the dense
+    matrix, for one product and for LightGCN's layer mean."""
+    matrix = normalized_adjacency(PAIRS, 3, 4)
+    dense_matrix = matrix.to_dense()
     x = torch.randn(7, 5, dtype=torch.float32)
     weights = torch.randn(7, 5)
-    for matrix, transpose in ((normalized_adjacency(PAIRS, 3, 4), None),
-                              (mean_adjacency(PAIRS, 3, 4), csr_transpose(mean_adjacency(PAIRS, 3, 4)))):
+    for ours_fn, dense_fn in ((lambda v: sparse_matmul(matrix, v), lambda v: dense_matrix @ v),
+                              (lambda v: layer_mean(matrix, v, 3),
+                               lambda v: sum(torch.linalg.matrix_power(dense_matrix, k) @ v for k in range(4)) / 4)):
         ours = x.clone().requires_grad_()
-        (sparse_matmul(matrix, ours, transpose) * weights).sum().backward()
+        (ours_fn(ours) * weights).sum().backward()
         dense = x.clone().requires_grad_()
-        (matrix.to_dense() @ dense * weights).sum().backward()
+        (dense_fn(dense) * weights).sum().backward()
         np.testing.assert_allclose(ours.grad.numpy(), dense.grad.numpy(), rtol=1e-5, atol=1e-6)
-    assert csr_transpose(mean_adjacency(PAIRS, 3, 4)).layout == torch.sparse_csr
 
 
 def test_negative_sampler_avoids_training_items():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.graph import mean_adjacency, normalized_adjacency
+from model.graph import node_degrees, normalized_adjacency
 from model.quantizers import GNAQQuantizer, UniformQuantizer, graph_influence
 from model.tables import QuantizedTable
 
@@ -12,11 +12,11 @@ N_USERS, N_ITEMS, DIM = 6, 9, 16
 PAIRS = np.array([[u, (u * 2 + k) % N_ITEMS] for u in range(N_USERS) for k in range(3)])
 
 
-def _gnaq(bits: int = 2, **switches) -> GNAQQuantizer:
-    adjacency = normalized_adjacency(PAIRS, N_USERS, N_ITEMS)
-    quantizer = GNAQQuantizer(bits, N_USERS, mean_adjacency=mean_adjacency(PAIRS, N_USERS, N_ITEMS),
-                              influence=graph_influence(adjacency), layers=2, **switches)
-    return quantizer
+def _gnaq(bits: int = 2, pairs: np.ndarray = PAIRS, **switches) -> GNAQQuantizer:
+    adjacency = normalized_adjacency(pairs, N_USERS, N_ITEMS)
+    return GNAQQuantizer(bits, N_USERS, adjacency=adjacency,
+                         degree=torch.from_numpy(node_degrees(pairs, N_USERS, N_ITEMS)),
+                         influence=graph_influence(adjacency), layers=2, **switches)
 
 
 def _decode(encoded, bits: int) -> np.ndarray:
@@ -90,6 +90,23 @@ def test_message_passing_mixes_neighbour_corrections():
     assert refined[N_USERS + 0, 0] < 1.0  # and it is averaged with its neighbourhood's
     isolated_user_row = refined[[u for u in range(N_USERS) if u not in neighbours_of_item0], 0]
     assert (isolated_user_row >= 0).all()
+
+
+def test_refinement_is_the_layer_mean_over_the_row_normalised_graph():
+    """(b)'s definition, ``1/(L+1) sum_k P^k theta`` with ``P = D^-1 A`` (an isolated node keeps ``theta / (L+1)``),
+    although it is computed over the symmetric graph, as ``D^1/2 theta``."""
+    pairs = PAIRS[PAIRS[:, 1] != 5]  # item 5 isolated
+    quantizer = _gnaq(pairs=pairs)
+    with torch.no_grad():
+        quantizer.theta.copy_(torch.randn(N_USERS + N_ITEMS, 2, generator=torch.Generator().manual_seed(0)))
+    a = np.zeros((N_USERS + N_ITEMS,) * 2)
+    a[pairs[:, 0], N_USERS + pairs[:, 1]] = a[N_USERS + pairs[:, 1], pairs[:, 0]] = 1
+    degree = a.sum(1, keepdims=True)
+    p = np.divide(a, degree, out=np.zeros_like(a), where=degree > 0)
+    theta = quantizer.theta.detach().double().numpy()
+    expected = sum(np.linalg.matrix_power(p, k) @ theta for k in range(3)) / 3
+    np.testing.assert_allclose(quantizer.refined_theta(N_USERS + N_ITEMS).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(expected[N_USERS + 5], theta[N_USERS + 5] / 3)
 
 
 def test_graph_estimator_adds_a_pull_towards_the_grid_and_ste_does_not():

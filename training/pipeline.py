@@ -33,7 +33,7 @@ from contracts.manifest import (
 from contracts.versions import add_version
 from model.baselines import BiGeaRQuantizer, LSQQuantizer, N2UQQuantizer
 from model.distillation import ListwiseDistillation
-from model.graph import mean_adjacency, node_degrees, normalized_adjacency
+from model.graph import node_degrees, normalized_adjacency
 from model.lightgcn import LightGCN
 from model.quantizers import EmbeddingQuantizer, GNAQQuantizer, UniformQuantizer, graph_influence
 from model.tables import EmbeddingTable, FloatTable, QuantizedTable
@@ -70,9 +70,9 @@ class Workspace:
         return pairs_to_csr(pairs, self.data.n_users, self.data.n_items)
 
     @cached_property
-    def mean_adjacency(self) -> torch.Tensor:
-        """GNAQ's refinement operator over the fit graph: built once, shared by every raced candidate."""
-        return mean_adjacency(self.fit_pairs, self.data.n_users, self.data.n_items, self.device)
+    def degrees(self) -> np.ndarray:
+        """Every node's degree in the fit graph (users first): GNAQ's refinement, and fold-in from the artifact."""
+        return node_degrees(self.fit_pairs, self.data.n_users, self.data.n_items)
 
     @cached_property
     def influence(self) -> torch.Tensor:
@@ -340,7 +340,8 @@ def _start_stage(ws: Workspace, model: LightGCN, c: TrainConfig, distillation: L
     if c.method == "gnaq":
         g = c.gnaq
         quantizer = GNAQQuantizer(
-            c.bits, data.n_users, mean_adjacency=ws.mean_adjacency, influence=ws.influence, layers=c.layers,
+            c.bits, data.n_users, adjacency=ws.adjacency, degree=torch.from_numpy(ws.degrees).to(ws.device),
+            influence=ws.influence, layers=c.layers,
             node_aware=g.node_aware, dynamic=g.dynamic, estimator=g.estimator, eta=g.eta, equalize=g.equalize,
             clip=g.clip, center=g.center, track_stats=g.track_stats, relative=g.relative_refinement,
         ).to(ws.device)
@@ -457,7 +458,7 @@ def _export(ws: Workspace, model: LightGCN, history: list[EpochRecord], started:
     test_scores = user_scores(user, item, *test_split, config.ks, ws.device)
     test = mean_metrics(test_scores)
     data = ws.data
-    degrees = node_degrees(ws.fit_pairs, data.n_users, data.n_items).astype(np.float32)
+    degrees = ws.degrees.astype(np.float32)
     info = ModelInfo(
         method=config.method, bits=None if config.method == "fp32" else config.bits, dim=config.dim,
         layers=config.layers, seed=config.seed, quantizer=_quantizer_record(model), dataset=_dataset_record(ws),
