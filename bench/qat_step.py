@@ -3,8 +3,9 @@
 Why: the speed bar compares GNAQ's quantization-aware stage with LSQ's on the same warm start, and a stage's wall
 time is its steps' cost times its epochs. This benchmark times the steps alone: for each method it attaches the
 quantizer (and GNAQ's distillation) exactly as ``gnaq train`` does, then runs ``training.trainer.train_epoch`` over
-the same ``--steps`` batches of the fit split, after one warm-up batch, and prints milliseconds per step and each
-method's ratio to the first. The weights are the cached fp32 warm start of ``--model-dir`` when ``gnaq train`` left
+the same ``--steps`` batches of the fit split, after one warm-up batch, one step of each method in turn (so that load
+from other processes falls on every method alike), and prints milliseconds per step and each method's ratio to the
+first. The weights are the cached fp32 warm start of ``--model-dir`` when ``gnaq train`` left
 one there for these settings, else a fresh initialisation (a step costs the same arithmetic either way).
 
 Usage: python bench/qat_step.py [--steps N] [--methods M ...] [gnaq train arguments ...]
@@ -19,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -59,22 +61,32 @@ def warm_start(ws: pipeline.Workspace) -> tuple[LightGCN, bool]:
     return LightGCN(ws.data.n_users, ws.data.n_items, c.dim, c.layers).to(ws.device), False
 
 
-def step_times(ws: pipeline.Workspace, steps: int) -> tuple[list[float], bool]:
-    """Seconds of each of ``steps`` training steps of ``ws.config``'s quantization-aware stage, and whether they
-    started from the cached warm start."""
+def stage_steps(ws: pipeline.Workspace, steps: int) -> tuple[Callable[[int], None], bool]:
+    """A function that runs step ``i`` of ``ws.config``'s quantization-aware stage (batch ``i mod`` the fit split's
+    batches), and whether the weights are the cached warm start."""
     c = ws.config
     model, cached = warm_start(ws)
     run = pipeline._start_stage(ws, model, c, pipeline._distillation(ws, model, c))
     batch = run.settings.batch_size
     order = np.random.default_rng(c.seed).permutation(len(ws.fit_pairs))
-    times = []
-    for i in range(steps + 1):  # the first step warms up allocations and is not counted
+
+    def step(i: int) -> None:
         pairs = ws.fit_pairs[order[(i * batch) % len(order):][:batch]]
-        began = time.perf_counter()
         train_epoch(model, run.optimizer, ws.adjacency, pairs, run.sampler, run.settings,
                     np.random.default_rng(i), run.extra_loss)
-        times.append(time.perf_counter() - began)
-    return times[1:], cached
+    return step, cached
+
+
+def step_times(steps: list[Callable[[int], None]], count: int) -> list[list[float]]:
+    """Seconds of ``count`` steps of each stage, taken in turn (one step of each, then the next of each): load from
+    other processes then falls on every method alike. A first step of each warms up allocations and is not counted."""
+    times: list[list[float]] = [[] for _ in steps]
+    for i in range(count + 1):
+        for step, seconds in zip(steps, times, strict=True):
+            began = time.perf_counter()
+            step(i)
+            seconds.append(time.perf_counter() - began)
+    return [seconds[1:] for seconds in times]
 
 
 def main(argv: list[str]) -> int:
@@ -94,12 +106,14 @@ def main(argv: list[str]) -> int:
         configs = [method_config(config, method) for method in args.methods]
     except ValueError as error:
         parser.error(str(error))
-    print(f"dataset {config.dataset}, {torch.get_num_threads()} thread(s), {args.steps} steps per method")
+    print(f"dataset {config.dataset}, {torch.get_num_threads()} thread(s), {args.steps} steps per method, "
+          f"the methods' steps in turn")
     print(f"{'method':>14} {'ms/step':>8} {'(min-max)':>13} {'ratio':>6}  weights")
+    stages = [stage_steps(pipeline.prepare(method_cfg), args.steps) for method_cfg in configs]
+    seconds = step_times([step for step, _ in stages], args.steps)
     reference = None
-    for method, method_cfg in zip(args.methods, configs, strict=True):
-        seconds, cached = step_times(pipeline.prepare(method_cfg), args.steps)
-        times = [1000 * t for t in seconds]
+    for method, (_, cached), method_seconds in zip(args.methods, stages, seconds, strict=True):
+        times = [1000 * t for t in method_seconds]
         median = statistics.median(times)
         reference = reference or median
         print(f"{method:>14} {median:8.1f} {f'({min(times):.0f}-{max(times):.0f})':>13} {median / reference:6.2f}  "
