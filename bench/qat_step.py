@@ -61,7 +61,7 @@ def warm_start(ws: pipeline.Workspace) -> tuple[LightGCN, bool]:
     return LightGCN(ws.data.n_users, ws.data.n_items, c.dim, c.layers).to(ws.device), False
 
 
-def stage_steps(ws: pipeline.Workspace, steps: int) -> tuple[Callable[[int], None], bool]:
+def stage_steps(ws: pipeline.Workspace) -> tuple[Callable[[int], None], bool]:
     """A function that runs step ``i`` of ``ws.config``'s quantization-aware stage (batch ``i mod`` the fit split's
     batches), and whether the weights are the cached warm start."""
     c = ws.config
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
     print(f"dataset {config.dataset}, {torch.get_num_threads()} thread(s), {args.steps} steps per method, "
           f"the methods' steps in turn")
     print(f"{'method':>14} {'ms/step':>8} {'(min-max)':>13} {'ratio':>6}  weights")
-    stages = [stage_steps(pipeline.prepare(method_cfg), args.steps) for method_cfg in configs]
+    stages = [stage_steps(pipeline.prepare(method_cfg)) for method_cfg in configs]
     seconds = step_times([step for step, _ in stages], args.steps)
     reference = None
     for method, (_, cached), method_seconds in zip(args.methods, stages, seconds, strict=True):
